@@ -1,0 +1,66 @@
+"""The thinkflow pipeline: Hydra config -> Prefect flow -> stages tracked in MLflow.
+
+    python flows/pipeline.py                                  # tiny default on CPU
+    python flows/pipeline.py pretrain.max_steps=200           # any override
+    python flows/pipeline.py -m pretrain.max_steps=200,400    # a Hydra sweep
+    mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db  # look at the runs
+
+The flow takes plain JSON (the resolved config dict), never a DictConfig, so deployments and
+the Prefect UI can pass it too. Stages pass paths and run ids, not objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+# A cold ephemeral Prefect server (migrations on a fresh PREFECT_HOME) takes longer than
+# Prefect's 20 s default to come up on a 2-core laptop.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from prefect import flow, task  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
+
+from thinkflow.config import validate  # noqa: E402
+from thinkflow.runner import STAGES, enabled_stages, end_pipeline_run, run_stage, start_pipeline_run  # noqa: E402
+
+
+def _stage_task(name: str):
+    # log_prints off inside stages: dill (used by HF datasets for fingerprints) captures
+    # stdout to disassemble functions, and Prefect's print capture floods the log with it.
+    @task(name=name, task_run_name=name, log_prints=False)
+    def _run(config: dict, parent_run_id: str, upstream: dict) -> dict:
+        return run_stage(name, config, parent_run_id, upstream, flow_run.get_id())
+
+    return _run
+
+
+STAGE_TASKS = {name: _stage_task(name) for name in STAGES}
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(config: dict) -> dict:
+    """Run every configured stage in order; returns each stage's result (paths, run ids)."""
+    parent = start_pipeline_run(config, flow_run.get_id())
+    results: dict = {"parent_run_id": parent}
+    stage_results: dict = {}
+    try:
+        for name in enabled_stages(validate(config)):
+            stage_results[name] = STAGE_TASKS[name].submit(config, parent, dict(stage_results)).result()
+    except BaseException:
+        end_pipeline_run(config, parent, stage_results, "FAILED")
+        raise
+    end_pipeline_run(config, parent, stage_results, "FINISHED")
+    return results | stage_results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="pipeline")
+def main(cfg: DictConfig) -> dict:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return pipeline(OmegaConf.to_container(cfg, resolve=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Model and tokenizer construction, HF-format checkpoints."""
+
+from thinkflow.models.build import (
+    CheckpointError,
+    build_model,
+    build_model_and_tokenizer,
+    load_checkpoint,
+    n_params,
+)
+from thinkflow.models.tokenizer import build_char_tokenizer
+
+__all__ = [
+    "CheckpointError",
+    "build_char_tokenizer",
+    "build_model",
+    "build_model_and_tokenizer",
+    "load_checkpoint",
+    "n_params",
+]

@@ -1,0 +1,66 @@
+"""Pretraining data: a task's traces as HF ``datasets``, loss on the completion only."""
+
+from __future__ import annotations
+
+import datasets
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from thinkflow.tasks import Problem, Task
+
+IGNORE = -100
+
+
+def encode_examples(problems: list[Problem], task: Task, tokenizer) -> datasets.Dataset:
+    """``<bos> prompt completion <eos>`` token ids; labels mask the prompt with -100."""
+    prompts = tokenizer([p.prompt for p in problems]).input_ids  # with <bos>
+    completions = tokenizer([task.completion(p) for p in problems], add_special_tokens=False).input_ids
+    eos = tokenizer.eos_token_id
+    input_ids, labels = [], []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        input_ids.append(prompt + completion + [eos])
+        labels.append([IGNORE] * len(prompt) + completion + [eos])
+    return datasets.Dataset.from_dict({"input_ids": input_ids, "labels": labels})
+
+
+def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example in the batch."""
+    width = max(len(ex["input_ids"]) for ex in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, ex in enumerate(batch):
+        n = len(ex["input_ids"])
+        ids[i, :n] = torch.tensor(ex["input_ids"])
+        labels[i, :n] = torch.tensor(ex["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class TraceDataModule(pl.LightningDataModule):
+    """Train traces (``max_steps x batch_size`` distinct problems) and held-out test traces."""
+
+    def __init__(self, task: Task, tokenizer, train: list[Problem], test: list[Problem], batch_size: int, seed: int):
+        super().__init__()
+        self.task, self.tokenizer = task, tokenizer
+        self.train_problems, self.test_problems = train, test
+        self.batch_size, self.seed = batch_size, seed
+
+    def setup(self, stage: str | None = None) -> None:
+        if not hasattr(self, "train_ds"):
+            self.train_ds = encode_examples(self.train_problems, self.task, self.tokenizer)
+            self.test_ds = encode_examples(self.test_problems, self.task, self.tokenizer)
+
+    def _loader(self, ds: datasets.Dataset, shuffle: bool) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed)
+        pad = self.tokenizer.pad_token_id
+        return DataLoader(
+            ds, batch_size=self.batch_size, shuffle=shuffle, generator=gen, collate_fn=lambda b: collate(b, pad)
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_ds, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.test_ds, shuffle=False)

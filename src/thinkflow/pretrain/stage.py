@@ -1,0 +1,114 @@
+"""The ``pretrain`` stage: train a small causal LM on a task's reasoning traces.
+
+Resumable: the stage's work directory is keyed by its config, so running the same config
+again continues from ``last.ckpt`` instead of starting over. Returns where its results are
+(HF checkpoint directory, MLflow run id), never objects.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from thinkflow.config import PipelineConfig
+from thinkflow.models import CheckpointError, build_model_and_tokenizer, load_checkpoint, n_params
+from thinkflow.pretrain.data import TraceDataModule
+from thinkflow.pretrain.module import CausalLMModule
+from thinkflow.stages import StageContext, stage_work_dir
+from thinkflow.tasks import build_task
+from thinkflow.tracking import flatten, write_json
+from thinkflow.tracking.lightning import TrackerLogger
+
+
+def check_resume_checkpoint(path: Path) -> None:
+    """Refuse a truncated or corrupt checkpoint with a clear error; never delete it."""
+    if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"resume checkpoint {path} is corrupt (not a readable torch archive); move it away to restart "
+            f"this stage from its previous checkpoint or from scratch"
+        )
+    with zipfile.ZipFile(path) as zf:
+        bad = zf.testzip()
+    if bad is not None:
+        raise CheckpointError(f"resume checkpoint {path} is corrupt (member {bad} fails its CRC)")
+
+
+def pretrain_section(cfg: PipelineConfig) -> dict:
+    """The config that identifies a pretraining result (and names its work directory)."""
+    return {k: getattr(cfg, k).model_dump() for k in ("task", "model", "pretrain")} | {"seed": cfg.seed}
+
+
+def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> dict:
+    pc, tc = cfg.pretrain, cfg.trainer
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    task = build_task(cfg.task.name, cfg.task.difficulty, cfg.task.source)
+    train, test = task.splits(pc.max_steps * pc.batch_size, cfg.task.n_test, seed=cfg.seed)
+    if pc.init_from:
+        model, tokenizer = load_checkpoint(pc.init_from)
+    else:
+        model, tokenizer = build_model_and_tokenizer(cfg.model.model_dump(), seed=cfg.seed)
+    section = pretrain_section(cfg)
+    work = stage_work_dir(cfg, "pretrain", section)
+    ckpt_dir, hf_dir = work / "lightning", work / "hf"
+    resume = ckpt_dir / "last.ckpt"
+    if resume.exists():
+        check_resume_checkpoint(resume)
+        print(f"pretrain: resuming from {resume}")
+
+    tracker, run_id = ctx.tracker, ctx.run_id
+    tracker.log_params(run_id, flatten(section | {"trainer": tc.model_dump()}))
+    tracker.log_params(run_id, {"model.n_params": str(n_params(model)), "task.n_train": str(len(train))})
+    data = TraceDataModule(task, tokenizer, train, test, pc.batch_size, cfg.seed)
+    module = CausalLMModule(
+        model, tokenizer, task, test, lr=pc.lr, max_steps=pc.max_steps, warmup_steps=pc.warmup_steps,
+        min_lr_ratio=pc.min_lr_ratio, weight_decay=pc.weight_decay, betas=pc.betas,
+        eval_max_new_tokens=pc.eval_max_new_tokens, log_every=pc.log_every,
+    )  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        precision=tc.precision,
+        max_steps=pc.max_steps,
+        val_check_interval=pc.eval_every,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        gradient_clip_val=pc.grad_clip or None,
+        log_every_n_steps=pc.log_every,
+        logger=TrackerLogger(tracker, run_id),
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=pc.ckpt_every, save_last=True)],
+        enable_progress_bar=tc.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(work),
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.exists() else None, weights_only=False)
+    if module.last_eval is None or module.last_eval["step"] != trainer.global_step:
+        trainer.validate(module, datamodule=data, verbose=False)  # resumed a finished run: score it
+    wall = time.perf_counter() - t0
+
+    model.save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    evaluation = module.last_eval
+    tracker.log_metrics(run_id, {"pretrain/wall_s": wall, "pretrain/final_val_acc": evaluation["accuracy"]})
+    tracker.log_text(run_id, "\n".join(json.dumps(r) for r in evaluation["rows"]), "samples/val_greedy.jsonl")
+    if cfg.tracking.log_checkpoint:
+        tracker.log_artifacts(run_id, hf_dir, "checkpoint")
+    result = {
+        "stage": "pretrain",
+        "run_id": run_id,
+        "checkpoint": str(hf_dir),
+        "val_acc": evaluation["accuracy"],
+        "n_val": evaluation["n"],
+        "steps": trainer.global_step,
+        "wall_s": wall,
+    }
+    write_json(work / "result.json", result)
+    return result

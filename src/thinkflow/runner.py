@@ -1,0 +1,61 @@
+"""Stage registry and the tracking around each stage (called by the Prefect flow).
+
+Adding a stage = one function here in ``STAGES`` (and its config group); the flow iterates
+over the registry in order and runs each stage whose config section is present.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from thinkflow.config import PipelineConfig, validate
+from thinkflow.pretrain.stage import run_pretrain
+from thinkflow.stages import StageContext
+from thinkflow.tracking import FLOW_RUN_TAG, STAGE_TAG, Tracker, flatten, resolve_uri
+
+StageFn = Callable[[PipelineConfig, StageContext], dict]
+STAGES: dict[str, StageFn] = {"pretrain": run_pretrain}
+
+log = logging.getLogger("thinkflow")
+
+
+def open_tracker(cfg: PipelineConfig) -> Tracker:
+    return Tracker(resolve_uri(cfg.tracking.uri, cfg.paths.root), cfg.tracking.experiment, cfg.paths.root)
+
+
+def enabled_stages(cfg: PipelineConfig) -> list[str]:
+    return [name for name in STAGES if getattr(cfg, name, None) is not None]
+
+
+def start_pipeline_run(config: dict, flow_run_id: str | None) -> str:
+    """Validate (before any compute), then open the parent run with the full config."""
+    cfg = validate(config)
+    tracker = open_tracker(cfg)
+    tags = {FLOW_RUN_TAG: flow_run_id or "", "pipeline.stages": ",".join(enabled_stages(cfg))}
+    run_id = tracker.start_run(cfg.run_name or "pipeline", tags)
+    tracker.log_params(run_id, flatten(config))
+    tracker.log_dict(run_id, config, "config/resolved.yaml")
+    print(f"pipeline: MLflow parent run {run_id} at {tracker.uri}")
+    return run_id
+
+
+def end_pipeline_run(config: dict, run_id: str, results: dict, status: str) -> None:
+    tracker = open_tracker(validate(config))
+    for stage, result in results.items():
+        for key in ("val_acc",):
+            if key in result:
+                tracker.log_metrics(run_id, {f"{stage}/{key}": result[key]})
+    tracker.end_run(run_id, status)
+
+
+def run_stage(name: str, config: dict, parent_run_id: str, upstream: dict, flow_run_id: str | None) -> dict:
+    """Run one stage inside its own MLflow child run (tagged ``stage=<name>``)."""
+    cfg = validate(config)
+    tracker = open_tracker(cfg)
+    tags = {STAGE_TAG: name, FLOW_RUN_TAG: flow_run_id or ""}
+    with tracker.run(name, tags, parent_run_id=parent_run_id) as run_id:
+        result = STAGES[name](cfg, StageContext(tracker, run_id, parent_run_id, upstream))
+    where = ", ".join(f"{k}={v}" for k, v in result.items() if k in ("checkpoint", "table", "val_acc"))
+    print(f"{name}: done; MLflow run {run_id}; {where}")
+    return result

@@ -1,0 +1,12 @@
+"""MLflow tracking helpers: store resolution, parent/child runs, flattened params."""
+
+from thinkflow.tracking.mlflow_store import (
+    FLOW_RUN_TAG,
+    STAGE_TAG,
+    Tracker,
+    flatten,
+    resolve_uri,
+    write_json,
+)
+
+__all__ = ["FLOW_RUN_TAG", "STAGE_TAG", "Tracker", "flatten", "resolve_uri", "write_json"]

@@ -1,0 +1,126 @@
+"""MLflow tracking: one parent run per pipeline run, one child run per stage.
+
+The store defaults to ``sqlite:///<root>/mlruns/mlflow.db`` with artifacts under
+``<root>/mlruns/artifacts``; ``tracking.uri`` or ``MLFLOW_TRACKING_URI`` override it. Runs are
+addressed by id through an explicit ``MlflowClient`` (no global active run): Prefect tasks run
+in worker threads and must not depend on thread-local MLflow state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+STAGE_TAG = "stage"
+FLOW_RUN_TAG = "prefect.flow_run_id"
+MAX_PARAM_VALUE = 6000
+
+
+def resolve_uri(uri: str | None, root: str | Path) -> str:
+    """Explicit config beats the environment, which beats the project-local SQLite store."""
+    if uri:
+        return uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    store = Path(root).resolve() / "mlruns"
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def artifact_root(uri: str, root: str | Path) -> str | None:
+    """Artifacts beside a local SQLite store; a tracking server decides for itself."""
+    if uri.startswith("sqlite:///"):
+        return (Path(root).resolve() / "mlruns" / "artifacts").as_uri()
+    return None
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists are JSON strings."""
+    out: dict[str, str] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+            out[name] = text[:MAX_PARAM_VALUE]
+    return out
+
+
+class Tracker:
+    """Creates and closes the pipeline's runs; every method takes run ids explicitly."""
+
+    def __init__(self, uri: str, experiment: str, root: str | Path) -> None:
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = ensure_experiment(self.client, experiment, artifact_root(uri, root))
+
+    def start_run(self, name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
+        tags = {MLFLOW_RUN_NAME: name, **tags}
+        if parent_run_id:
+            tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        return self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        """Log params once; values already logged identically are skipped (params are immutable)."""
+        have = self.client.get_run(run_id).data.params
+        new = [Param(k, v) for k, v in params.items() if k not in have]
+        for i in range(0, len(new), 100):
+            self.client.log_batch(run_id, params=new[i : i + 100])
+
+    def log_dict(self, run_id: str, data: dict, file_name: str) -> None:
+        self.client.log_dict(run_id, data, file_name)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_text(self, run_id: str, text: str, file_name: str) -> None:
+        self.client.log_text(run_id, text, file_name)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    @contextmanager
+    def run(self, name: str, tags: dict[str, str], parent_run_id: str | None = None) -> Iterator[str]:
+        """A run that ends FINISHED, or FAILED if the body raises (and the error is re-raised)."""
+        run_id = self.start_run(name, tags, parent_run_id)
+        try:
+            yield run_id
+        except BaseException:
+            self.end_run(run_id, "FAILED")
+            raise
+        self.end_run(run_id, "FINISHED")
+
+
+def write_json(path: str | Path, data: dict) -> Path:
+    """Atomic JSON write: a crash never leaves a half-written result file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+    os.replace(fh.name, path)
+    return path

@@ -1,0 +1,59 @@
+"""Shared fixtures: isolated Prefect/MLflow state, composed configs, a Prefect test server."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GSM8K_DIR = ROOT.parent / "shared" / "datasets" / "gsm8k"
+
+# Before Prefect/MLflow are imported anywhere: no telemetry, a private Prefect home.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="thinkflow-prefect-"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "true"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("PREFECT_API_URL", None)
+
+
+def compose(overrides: list[str] | None = None, root: Path | None = None, tiny: bool = True) -> dict:
+    """The real config tree, composed and resolved; shrunk by ``experiment=tiny`` unless
+    ``tiny`` is False or the overrides choose another experiment."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    overrides = list(overrides or [])
+    if tiny and not any(o.startswith("experiment=") for o in overrides):
+        overrides.insert(0, "experiment=tiny")
+    if root:
+        overrides.insert(0, f"paths.root={root}")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose("pipeline", overrides=overrides)
+    out = OmegaConf.to_container(cfg, resolve=True)
+    out.pop("hydra", None)
+    return out
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> dict:
+    return compose(root=tmp_path)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session")
+def gsm8k_dir() -> Path:
+    if not (GSM8K_DIR / "test.jsonl").exists():
+        pytest.fail(f"GSM8K test data missing at {GSM8K_DIR}")
+    return GSM8K_DIR

@@ -1,0 +1,84 @@
+"""End to end: the Prefect flow on a tiny config, a real MLflow SQLite store, a Prefect server."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import ROOT, compose
+
+
+def _runs(root):
+    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("thinkflow")
+    return client, client.search_runs([exp.experiment_id])
+
+
+def test_pipeline_parent_and_stage_runs(tmp_path, prefect_server):
+    from flows.pipeline import pipeline
+
+    config = compose(root=tmp_path)
+    result = pipeline(config)
+
+    client, runs = _runs(tmp_path)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 1
+    parent, child = parents[0], children[0]
+    assert result["parent_run_id"] == parent.info.run_id
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.tags["stage"] == "pretrain"
+    flow_run_id = parent.data.tags["prefect.flow_run_id"]
+    assert flow_run_id and child.data.tags["prefect.flow_run_id"] == flow_run_id
+    assert parent.info.status == child.info.status == "FINISHED"
+
+    # The full resolved config: flattened params on the parent, an artifact too.
+    assert parent.data.params["pretrain.max_steps"] == "20"
+    assert parent.data.params["model.d_model"] == "32"
+    assert child.data.params["pretrain.lr"] == str(config["pretrain"]["lr"])
+    cfg_file = client.download_artifacts(parent.info.run_id, "config/resolved.yaml", str(tmp_path / "dl"))
+    assert "max_steps: 20" in Path(cfg_file).read_text()
+
+    # Stage metrics with slash keys, histories with steps.
+    for key in ("train/loss", "val/loss", "pretrain/val_acc", "perf/train_tokens_per_s"):
+        assert key in child.data.metrics, key
+    acc_history = client.get_metric_history(child.info.run_id, "pretrain/val_acc")
+    assert [m.step for m in acc_history] == [9, 19]
+    assert 0.0 <= child.data.metrics["pretrain/val_acc"] <= 1.0
+    assert "pretrain/val_acc" in parent.data.metrics
+
+    # The checkpoint is HF format, in the work dir and logged as an artifact.
+    ckpt = result["pretrain"]["checkpoint"]
+    assert ckpt.startswith(str(tmp_path)) and (tmp_path / ckpt / "model.safetensors").exists()
+    names = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")}
+    assert {"checkpoint/config.json", "checkpoint/model.safetensors", "checkpoint/tokenizer.json"} <= names
+    samples = client.download_artifacts(child.info.run_id, "samples/val_greedy.jsonl", str(tmp_path / "dl"))
+    rows = [json.loads(line) for line in Path(samples).read_text().splitlines()]
+    assert len(rows) == config["task"]["n_test"] and {"prompt", "completion", "correct"} <= set(rows[0])
+
+
+def test_cli_validates_config_before_any_compute(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "flows/pipeline.py", f"paths.root={tmp_path}", "experiment=tiny", "model.n_heads=3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "model: n_heads=3 must divide d_model=32" in proc.stderr + proc.stdout
+    assert not (tmp_path / "mlruns" / "work").exists()  # nothing trained, nothing written
+
+
+@pytest.mark.slow
+def test_cli_sweep_runs_one_pipeline_per_job(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "flows/pipeline.py", "-m", f"paths.root={tmp_path}", "experiment=tiny",
+         "pretrain.max_steps=10,20", "pretrain.eval_every=10", "trainer.progress_bar=false"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, runs = _runs(tmp_path)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(r.data.params["pretrain.max_steps"] for r in parents) == ["10", "20"]
+    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 4

@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+from thinkflow.inference import GenerationError, HFEngine, SamplingParams
+from thinkflow.models import build_model_and_tokenizer
+
+TINY = dict(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=64)
+PROMPTS = ["123+456=", "9+9=", "77+1=", "5,3,2:10="]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    model, tok = build_model_and_tokenizer(TINY, seed=1)
+    return HFEngine(model, tok)
+
+
+def test_greedy_matches_transformers_generate(engine):
+    tok, model = engine.tokenizer, engine.model
+    ours = engine.generate(PROMPTS, SamplingParams(max_new_tokens=12))
+    for i, prompt in enumerate(PROMPTS):  # one at a time: no padding in the reference
+        enc = tok(prompt, return_tensors="pt")
+        ref = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+        want = ref[0, enc.input_ids.shape[1] :].tolist()
+        got = ours[i][0].token_ids
+        assert got == want[: len(got)]
+        assert len(got) == len(want) or got[-1] == tok.eos_token_id
+
+
+def test_seeded_sampling_is_reproducible_and_seed_sensitive(engine):
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=10, seed=5)
+    a = engine.generate(PROMPTS[:2], params)
+    b = engine.generate(PROMPTS[:2], params)
+    c = engine.generate(PROMPTS[:2], SamplingParams(n=4, temperature=1.0, max_new_tokens=10, seed=6))
+    texts = lambda out: [s.token_ids for g in out for s in g]  # noqa: E731
+    assert texts(a) == texts(b)
+    assert texts(a) != texts(c)
+    assert [len(g) for g in a] == [4, 4] and [s.prompt_index for s in a[1]] == [1] * 4
+
+
+def test_logprobs_equal_a_forward_pass(engine):
+    out = engine.generate(PROMPTS, SamplingParams(n=3, temperature=1.0, max_new_tokens=10, seed=2))
+    tok, model = engine.tokenizer, engine.model
+    for group, prompt in zip(out, PROMPTS, strict=False):
+        for s in group:
+            ids = torch.tensor([tok(prompt).input_ids + s.token_ids])
+            with torch.no_grad():
+                lp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+            p = len(tok(prompt).input_ids)
+            want = lp[p - 1 :].gather(-1, ids[0, p:, None]).squeeze(-1)
+            assert torch.allclose(torch.tensor(s.logprobs), want, atol=1e-4)
+            assert s.prompt_tokens == p and s.gen_tokens == len(s.token_ids)
+
+
+def test_stop_strings_end_the_text(engine):
+    out = engine.generate(PROMPTS, SamplingParams(n=2, temperature=1.5, max_new_tokens=30, seed=0, stop=("1",)))
+    for group in out:
+        for s in group:
+            assert "1" not in s.text
+            if s.finish_reason == "stop" and s.token_ids[-1] != engine.tokenizer.eos_token_id:
+                assert "1" in engine.tokenizer.decode(s.token_ids)
+
+
+def test_never_stopping_model_ends_at_budget_with_length(engine):
+    eos = engine.tokenizer.eos_token_id
+
+    def forbid_eos(module, args, logits):  # a model that can never emit EOS
+        logits[..., eos] = float("-inf")
+        return logits
+
+    handle = engine.model.lm_head.register_forward_hook(forbid_eos)
+    try:
+        out = engine.generate(PROMPTS, SamplingParams(max_new_tokens=7))
+    finally:
+        handle.remove()
+    assert all(s.finish_reason == "length" and s.gen_tokens == 7 for g in out for s in g)
+
+
+@pytest.mark.parametrize(
+    "params,match",
+    [
+        (dict(n=0), "n must be >= 1"),
+        (dict(temperature=-0.1), "temperature"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(max_new_tokens=-3), "max_new_tokens"),
+        (dict(top_p=0.0), "top_p"),
+    ],
+)
+def test_bad_settings_name_the_setting(engine, params, match):
+    with pytest.raises(GenerationError, match=match):
+        engine.generate(PROMPTS, SamplingParams(**params))
+
+
+def test_empty_and_too_long_prompts(engine):
+    with pytest.raises(GenerationError, match="empty"):
+        engine.generate([], SamplingParams())
+    with pytest.raises(GenerationError, match="exceeds the model context of 64"):
+        engine.generate(["1" * 60], SamplingParams(max_new_tokens=10))
