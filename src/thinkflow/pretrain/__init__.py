@@ -1,0 +1,1 @@
+"""Pretraining stage: traces -> a small causal LM, with Lightning."""
