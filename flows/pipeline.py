@@ -17,6 +17,8 @@ import os
 # A cold ephemeral Prefect server (migrations on a fresh PREFECT_HOME) takes longer than
 # Prefect's 20 s default to come up on a 2-core laptop.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# Offline-friendly: no usage telemetry from the local Prefect server (it fails noisily offline).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402

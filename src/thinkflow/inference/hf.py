@@ -1,22 +1,88 @@
 """The ``hf`` backend: batched sampling with a KV cache on any HF causal LM.
 
 Prompts are left-padded and prefilled once; for ``n`` samples per prompt the prompt's KV cache
-is copied ``n`` times instead of recomputed (prefix sharing). Rows that finish are dropped
-from the batch so the decode step only pays for live sequences.
+is copied ``n`` times instead of recomputed (prefix sharing). Rows that finish leave the
+batch so each decode step only pays for live sequences. Llama-family models take the lean
+path in ``llama_fast``; any other HF causal LM runs through its own forward and DynamicCache.
 """
 
 from __future__ import annotations
 
 import torch
+from transformers import DynamicCache
 
+from thinkflow.inference import llama_fast
 from thinkflow.inference.types import GenerationError, Sample, SamplingParams
 
 
+class _HFStepper:
+    """Generic path: the model's own forward with a DynamicCache."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def prefill(self, ids, attn, max_new: int) -> torch.Tensor:
+        self.cache = DynamicCache(config=self.model.config)
+        self.attn = attn
+        self.next_pos = attn.sum(-1)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=self.cache, logits_to_keep=1
+        )
+        return out.logits[:, -1]
+
+    def expand(self, n: int) -> None:
+        self.cache.batch_repeat_interleave(n)
+        self.attn, self.next_pos = self.attn.repeat_interleave(n, 0), self.next_pos.repeat_interleave(n, 0)
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+        self.attn, self.next_pos = self.attn[rows], self.next_pos[rows]
+
+    def step(self, tok: torch.Tensor) -> torch.Tensor:
+        self.attn = torch.cat([self.attn, self.attn.new_ones(self.attn.shape[0], 1)], dim=1)
+        out = self.model(
+            input_ids=tok[:, None], attention_mask=self.attn, position_ids=self.next_pos[:, None],
+            past_key_values=self.cache,
+        )  # fmt: skip
+        self.next_pos = self.next_pos + 1
+        return out.logits[:, -1]
+
+
+class _FastStepper:
+    """Llama-family path: lean forward over the weights, preallocated cache."""
+
+    def __init__(self, model) -> None:
+        self.fast = llama_fast.FastLlama(model)
+
+    def prefill(self, ids, attn, max_new: int) -> torch.Tensor:
+        self.cache = self.fast.new_cache(ids.shape[0], ids.shape[1] + max_new)
+        self.cache.valid[:, : ids.shape[1]] = attn.bool()
+        self.next_pos = attn.sum(-1)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        return self.fast.forward(ids, pos, self.cache)
+
+    def expand(self, n: int) -> None:
+        self.cache.repeat_interleave(n)
+        self.next_pos = self.next_pos.repeat_interleave(n, 0)
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.cache.select(rows)
+        self.next_pos = self.next_pos[rows]
+
+    def step(self, tok: torch.Tensor) -> torch.Tensor:
+        self.cache.valid[:, self.cache.length] = True
+        logits = self.fast.forward(tok[:, None], self.next_pos[:, None], self.cache)
+        self.next_pos = self.next_pos + 1
+        return logits
+
+
 class HFEngine:
-    def __init__(self, model, tokenizer, max_batch: int = 512) -> None:
+    def __init__(self, model, tokenizer, max_batch: int = 512, fast: bool = True) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self.fast = fast and llama_fast.supports(model)
         self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         self.max_len = getattr(model.config, "max_position_embeddings", None)
 
@@ -36,67 +102,47 @@ class HFEngine:
     def _generate_chunk(self, prompts, params, gen, offset) -> list[list[Sample]]:
         enc = self.tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
         ids, attn = enc.input_ids, enc.attention_mask  # (B, T)
-        prompt_lens = attn.sum(-1).tolist()
         if self.max_len and ids.shape[1] + params.max_new_tokens > self.max_len:
             raise GenerationError(
                 f"prompt of {ids.shape[1]} tokens + max_new_tokens={params.max_new_tokens} exceeds the "
                 f"model context of {self.max_len} tokens"
             )
-        n, batch = params.n, ids.shape[0]
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(
-            input_ids=ids,
-            attention_mask=attn,
-            position_ids=pos,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1]  # (B, V)
+        stepper = _FastStepper(self.model) if self.fast else _HFStepper(self.model)
+        n, width = params.n, ids.shape[0] * params.n
+        logits = stepper.prefill(ids, attn, params.max_new_tokens)  # (B, V)
         if n > 1:  # prefix sharing: one prefill, n copies of its KV
-            cache.batch_repeat_interleave(n)
-            logits, attn = logits.repeat_interleave(n, 0), attn.repeat_interleave(n, 0)
-        rows = torch.arange(batch * n)  # output slot of each live row
-        next_pos = attn.sum(-1)  # (R,) position of the next token
-        toks = torch.zeros(batch * n, params.max_new_tokens, dtype=torch.long)
-        lps = torch.zeros(batch * n, params.max_new_tokens)
-        lengths = torch.zeros(batch * n, dtype=torch.long)
-        finish = ["length"] * (batch * n)
-        eos = torch.tensor(sorted(self.eos_ids)) if self.eos_ids else None
+            stepper.expand(n)
+            logits = logits.repeat_interleave(n, 0)
+        rows = torch.arange(width)  # output slot of each live row
+        toks = torch.zeros(width, params.max_new_tokens, dtype=torch.long)
+        lps = torch.zeros(width, params.max_new_tokens)
+        lengths = torch.zeros(width, dtype=torch.long)
+        finish = ["length"] * width
+        eos = torch.tensor([] if params.ignore_eos else sorted(self.eos_ids), dtype=torch.long)
         for step in range(params.max_new_tokens):
             tok, tok_lp = _pick(logits, params, gen)
             toks[rows, step], lps[rows, step] = tok, tok_lp
             lengths[rows] = step + 1
-            done = torch.isin(tok, eos) if eos is not None else torch.zeros_like(tok, dtype=torch.bool)
+            done = torch.isin(tok, eos)
             if params.stop:
                 done |= self._hit_stop(toks, rows, step + 1, params.stop)
-            for r in rows[done].tolist():
-                finish[r] = "stop"
-            if step + 1 == params.max_new_tokens:
-                break
             if done.any():
+                for r in rows[done].tolist():
+                    finish[r] = "stop"
                 keep = (~done).nonzero().squeeze(-1)
                 if keep.numel() == 0:
                     break
-                cache.batch_select_indices(keep)
-                rows, tok, attn, next_pos = rows[keep], tok[keep], attn[keep], next_pos[keep]
-            attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
-            logits = self.model(
-                input_ids=tok[:, None],
-                attention_mask=attn,
-                position_ids=next_pos[:, None],
-                past_key_values=cache,
-                use_cache=True,
-            ).logits[:, -1]
-            next_pos = next_pos + 1
-        return self._collect(toks, lps, lengths, finish, prompt_lens, params, offset)
+                stepper.select(keep)
+                rows, tok = rows[keep], tok[keep]
+            if step + 1 == params.max_new_tokens:
+                break
+            logits = stepper.step(tok)
+        return self._collect(toks, lps, lengths, finish, attn.sum(-1).tolist(), params, offset)
 
     def _hit_stop(self, toks, rows, length, stops) -> torch.Tensor:
         window = max(len(s) for s in stops) + 2
-        tails = self.tokenizer.batch_decode(toks[rows, max(0, length - window) : length])
-        return torch.tensor([any(s in t for s in stops) for t in tails])
+        tails = self.tokenizer.batch_decode(toks[rows, max(0, length - window) : length], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in stops) for t in tails], dtype=torch.bool)
 
     def _collect(self, toks, lps, lengths, finish, prompt_lens, params, offset) -> list[list[Sample]]:
         out = []
@@ -105,7 +151,7 @@ class HFEngine:
             for r in range(b * params.n, (b + 1) * params.n):
                 k = int(lengths[r])
                 ids = toks[r, :k].tolist()
-                text = self.tokenizer.decode([t for t in ids if t not in self.eos_ids], skip_special_tokens=True)
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
                 for s in params.stop:  # the stop string ends the text, like vLLM
                     if s in text:
                         text = text[: text.index(s)]
@@ -127,8 +173,8 @@ def _pick(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator):
             scores = scores.masked_fill(scores < kth, float("-inf"))
         if params.top_p < 1:
             sorted_s, idx = scores.sort(dim=-1, descending=True)
-            cum = sorted_s.softmax(-1).cumsum(-1)
-            drop = cum - sorted_s.softmax(-1) >= params.top_p  # keep the smallest set reaching top_p
+            probs = sorted_s.softmax(-1)
+            drop = probs.cumsum(-1) - probs >= params.top_p  # keep the smallest set reaching top_p
             scores = scores.scatter(-1, idx, sorted_s.masked_fill(drop, float("-inf")))
         tok = torch.multinomial(scores.softmax(-1), 1, generator=gen).squeeze(-1)
     return tok, raw_lp.gather(-1, tok[:, None]).squeeze(-1)

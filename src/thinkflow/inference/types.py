@@ -18,6 +18,7 @@ class SamplingParams:
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()
     seed: int = 0
+    ignore_eos: bool = False  # keep generating past EOS (fixed-length benchmarks)
 
     def validate(self) -> None:
         if self.n < 1:

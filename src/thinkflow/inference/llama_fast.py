@@ -1,0 +1,127 @@
+"""A lean decode path for HF Llama-family weights: the ``hf`` backend's fast lane.
+
+For models this small, per-step framework overhead (module calls, mask building, cache
+bookkeeping, output objects) costs more than the arithmetic. This runs the same maths as
+``transformers``' Llama (RMSNorm, RoPE from the model's own rotary module, GQA attention,
+SwiGLU MLP) straight on the model's weight tensors, with fused QKV and gate/up projections
+and a preallocated KV cache. Models it does not support fall back to the generic HF path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def supports(model) -> bool:
+    cfg = model.config
+    return (
+        getattr(cfg, "model_type", "") == "llama"
+        and not getattr(cfg, "attention_bias", False)
+        and not getattr(cfg, "mlp_bias", False)
+        and getattr(cfg, "hidden_act", "silu") == "silu"
+        and getattr(cfg, "pretraining_tp", 1) == 1
+    )
+
+
+class KVCache:
+    """Keys/values for every layer in one preallocated tensor each: (L, B, Hkv, T_max, D)."""
+
+    def __init__(self, layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, dtype) -> None:
+        self.k = torch.zeros(layers, batch, kv_heads, max_len, head_dim, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.valid = torch.zeros(batch, max_len, dtype=torch.bool)  # False on left padding
+        self.length = 0  # slots filled
+
+    def repeat_interleave(self, n: int) -> None:
+        """Prefix sharing: every row's cache becomes n rows (one prefill, n samples)."""
+        self.k = self.k.repeat_interleave(n, dim=1)
+        self.v = self.v.repeat_interleave(n, dim=1)
+        self.valid = self.valid.repeat_interleave(n, dim=0)
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (finished sequences leave the batch)."""
+        self.k, self.v, self.valid = self.k[:, rows], self.v[:, rows], self.valid[rows]
+
+    def nbytes(self) -> int:
+        return self.k.nelement() * self.k.element_size() * 2
+
+
+class FastLlama:
+    def __init__(self, model) -> None:
+        cfg, core = model.config, model.model
+        self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.eps = cfg.rms_norm_eps
+        self.rotary = core.rotary_emb
+        self.embed = core.embed_tokens.weight
+        self.norm = core.norm.weight
+        self.lm_head = model.lm_head  # the module, so hooks on it (logit processors, tests) apply
+        self.dtype = self.embed.dtype
+        self.layers = []
+        for layer in core.layers:
+            att, mlp = layer.self_attn, layer.mlp
+            self.layers.append(
+                (
+                    layer.input_layernorm.weight,
+                    torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).detach(),
+                    att.o_proj.weight,
+                    layer.post_attention_layernorm.weight,
+                    torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
+                    mlp.down_proj.weight,
+                )
+            )
+        self.scale = self.head_dim**-0.5
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        return KVCache(len(self.layers), batch, self.n_kv, max_len, self.head_dim, self.dtype)
+
+    def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return w * h.to(x.dtype)
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits of the last position for ``ids`` (B, T) written at the cache's next slots."""
+        b, t = ids.shape
+        start, end = cache.length, cache.length + t
+        x = F.embedding(ids, self.embed)  # (B, T, d)
+        cos, sin = self.rotary(x, positions)  # (B, T, D)
+        cos, sin = cos[:, None], sin[:, None]
+        keys = cache.valid[:, None, None, :end]  # (B, 1, 1, S)
+        if t > 1:  # prefill: causal over the new slots, and pad queries see themselves
+            causal = torch.ones(t, end, dtype=torch.bool).tril(start)
+            diagonal = causal & ~torch.ones(t, end, dtype=torch.bool).tril(start - 1)
+            mask = (keys & causal) | diagonal
+        else:
+            mask = keys
+        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        for i, (ln1, wqkv, wo, ln2, wgu, wdown) in enumerate(self.layers):
+            qkv = F.linear(self._rms(x, ln1), wqkv)
+            q, k, v = qkv.split([q_dim, kv_dim, kv_dim], dim=-1)
+            q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+            k = k.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+            v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            cache.k[i, :, :, start:end] = k
+            cache.v[i, :, :, start:end] = v
+            o = F.scaled_dot_product_attention(
+                q,
+                cache.k[i, :, :, :end],
+                cache.v[i, :, :, :end],
+                attn_mask=mask,
+                scale=self.scale,
+                enable_gqa=self.n_kv != self.n_heads,
+            )
+            x = x + F.linear(o.transpose(1, 2).reshape(b, t, q_dim), wo)
+            gate, up = F.linear(self._rms(x, ln2), wgu).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, wdown)
+        cache.length = end
+        return self.lm_head(self._rms(x[:, -1], self.norm))  # (B, V)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
