@@ -58,6 +58,7 @@ class _FastStepper:
     def prefill(self, ids, attn, max_new: int) -> torch.Tensor:
         self.cache = self.fast.new_cache(ids.shape[0], ids.shape[1] + max_new)
         self.cache.valid[:, : ids.shape[1]] = attn.bool()
+        self.cache.padded = not bool(attn.all())
         self.next_pos = attn.sum(-1)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         return self.fast.forward(ids, pos, self.cache)
@@ -116,24 +117,30 @@ class HFEngine:
         rows = torch.arange(width)  # output slot of each live row
         toks = torch.zeros(width, params.max_new_tokens, dtype=torch.long)
         lps = torch.zeros(width, params.max_new_tokens)
-        lengths = torch.zeros(width, dtype=torch.long)
+        lengths = torch.full((width,), params.max_new_tokens, dtype=torch.long)
         finish = ["length"] * width
         eos = torch.tensor([] if params.ignore_eos else sorted(self.eos_ids), dtype=torch.long)
+        all_live = True  # while no row has left, rows == arange: plain slicing, no scatter
         for step in range(params.max_new_tokens):
             tok, tok_lp = _pick(logits, params, gen)
-            toks[rows, step], lps[rows, step] = tok, tok_lp
-            lengths[rows] = step + 1
-            done = torch.isin(tok, eos)
+            if all_live:
+                toks[:, step], lps[:, step] = tok, tok_lp
+            else:
+                toks[rows, step], lps[rows, step] = tok, tok_lp
+            done = torch.isin(tok, eos) if eos.numel() else None
             if params.stop:
-                done |= self._hit_stop(toks, rows, step + 1, params.stop)
-            if done.any():
-                for r in rows[done].tolist():
+                hit = self._hit_stop(toks, rows, step + 1, params.stop)
+                done = hit if done is None else done | hit
+            if done is not None and bool(done.any()):
+                finished = rows[done]
+                lengths[finished] = step + 1
+                for r in finished.tolist():
                     finish[r] = "stop"
                 keep = (~done).nonzero().squeeze(-1)
                 if keep.numel() == 0:
                     break
                 stepper.select(keep)
-                rows, tok = rows[keep], tok[keep]
+                rows, tok, all_live = rows[keep], tok[keep], False
             if step + 1 == params.max_new_tokens:
                 break
             logits = stepper.step(tok)
@@ -163,7 +170,6 @@ class HFEngine:
 def _pick(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator):
     """Next token per row and its log-prob under the raw (temperature-1) distribution."""
     logits = logits.float()
-    raw_lp = torch.log_softmax(logits, dim=-1)
     if params.temperature == 0:
         tok = logits.argmax(-1)
     else:
@@ -177,4 +183,5 @@ def _pick(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator):
             drop = probs.cumsum(-1) - probs >= params.top_p  # keep the smallest set reaching top_p
             scores = scores.scatter(-1, idx, sorted_s.masked_fill(drop, float("-inf")))
         tok = torch.multinomial(scores.softmax(-1), 1, generator=gen).squeeze(-1)
-    return tok, raw_lp.gather(-1, tok[:, None]).squeeze(-1)
+    # log p(tok) = logit - logsumexp: one reduction instead of a full log-softmax
+    return tok, logits.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)

@@ -32,6 +32,7 @@ class KVCache:
         self.v = torch.zeros_like(self.k)
         self.valid = torch.zeros(batch, max_len, dtype=torch.bool)  # False on left padding
         self.length = 0  # slots filled
+        self.padded = True  # set False when no row has padding (decode then needs no mask)
 
     def repeat_interleave(self, n: int) -> None:
         """Prefix sharing: every row's cache becomes n rows (one prefill, n samples)."""
@@ -42,6 +43,7 @@ class KVCache:
     def select(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` (finished sequences leave the batch)."""
         self.k, self.v, self.valid = self.k[:, rows], self.v[:, rows], self.valid[rows]
+        self.padded = self.padded and not bool(self.valid[:, : self.length].all())
 
     def nbytes(self) -> int:
         return self.k.nelement() * self.k.element_size() * 2
@@ -53,7 +55,13 @@ class FastLlama:
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.eps = cfg.rms_norm_eps
-        self.rotary = core.rotary_emb
+        # cos/sin for every position, computed once by the model's own rotary module (so every
+        # RoPE variant it implements is honoured), then gathered per step.
+        max_pos = cfg.max_position_embeddings
+        probe = torch.zeros(1, 1, dtype=core.embed_tokens.weight.dtype)
+        with torch.no_grad():
+            cos, sin = core.rotary_emb(probe, torch.arange(max_pos)[None])
+        self.cos, self.sin = cos[0], sin[0]  # (P, D)
         self.embed = core.embed_tokens.weight
         self.norm = core.norm.weight
         self.lm_head = model.lm_head  # the module, so hooks on it (logit processors, tests) apply
@@ -77,6 +85,8 @@ class FastLlama:
         return KVCache(len(self.layers), batch, self.n_kv, max_len, self.head_dim, self.dtype)
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # one fused op; same maths as HF's LlamaRMSNorm in fp32
+            return F.rms_norm(x, w.shape, w, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return w * h.to(x.dtype)
@@ -87,24 +97,22 @@ class FastLlama:
         b, t = ids.shape
         start, end = cache.length, cache.length + t
         x = F.embedding(ids, self.embed)  # (B, T, d)
-        cos, sin = self.rotary(x, positions)  # (B, T, D)
-        cos, sin = cos[:, None], sin[:, None]
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # (B, 1, T, D)
         keys = cache.valid[:, None, None, :end]  # (B, 1, 1, S)
         if t > 1:  # prefill: causal over the new slots, and pad queries see themselves
             causal = torch.ones(t, end, dtype=torch.bool).tril(start)
             diagonal = causal & ~torch.ones(t, end, dtype=torch.bool).tril(start - 1)
             mask = (keys & causal) | diagonal
-        else:
-            mask = keys
+        else:  # decode: one query sees every filled slot; a mask only where there is padding
+            mask = keys if cache.padded else None
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         for i, (ln1, wqkv, wo, ln2, wgu, wdown) in enumerate(self.layers):
             qkv = F.linear(self._rms(x, ln1), wqkv)
-            q, k, v = qkv.split([q_dim, kv_dim, kv_dim], dim=-1)
-            q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-            k = k.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+            qk, v = qkv.split([q_dim + kv_dim, kv_dim], dim=-1)
+            qk = qk.view(b, t, self.n_heads + self.n_kv, self.head_dim).transpose(1, 2)  # (B, H+Hkv, T, D)
+            qk = qk * cos + _rotate_half(qk) * sin  # RoPE on queries and keys in one pass
+            q, k = qk.split([self.n_heads, self.n_kv], dim=1)  # (B, H, T, D), (B, Hkv, T, D)
             v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
             cache.k[i, :, :, start:end] = k
             cache.v[i, :, :, start:end] = v
             o = F.scaled_dot_product_attention(
