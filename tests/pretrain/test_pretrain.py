@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, compose
-from thinkflow.config import validate
+from thinkflow.config import ConfigError, validate
 from thinkflow.models import CheckpointError, build_char_tokenizer
 from thinkflow.pretrain.data import IGNORE, collate, encode_examples
 from thinkflow.pretrain.module import warmup_cosine
@@ -92,3 +92,15 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert len(done) == 1
     steps = [m.step for m in client.get_metric_history(done[0].info.run_id, "train/loss")]
     assert min(steps) >= 50 and max(steps) == 299  # continued, did not start over
+
+
+def test_examples_longer_than_the_context_are_a_config_error(tmp_path, gsm8k_dir):
+    config = compose(["task=gsm8k", f"task.source={gsm8k_dir}", "task.n_test=4"], root=tmp_path)
+    with pytest.raises(ConfigError, match="model.max_seq_len=64 is too short for task 'gsm8k'"):
+        _run_pretrain(config)
+
+
+def test_missing_init_checkpoint_names_the_path(tmp_path):
+    config = compose([f"pretrain.init_from={tmp_path / 'absent'}"], root=tmp_path)
+    with pytest.raises(CheckpointError, match="absent"):
+        _run_pretrain(config)

@@ -61,7 +61,10 @@ class FastLlama:
         probe = torch.zeros(1, 1, dtype=core.embed_tokens.weight.dtype)
         with torch.no_grad():
             cos, sin = core.rotary_emb(probe, torch.arange(max_pos)[None])
-        self.cos, self.sin = cos[0], sin[0]  # (P, D)
+        half = cos.shape[-1] // 2
+        self.cos = cos[0]  # (P, D)
+        # rotate_half(x) * sin == swap_halves(x) * [-sin_1, sin_2]: fold the sign into the table
+        self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
         self.embed = core.embed_tokens.weight
         self.norm = core.norm.weight
         self.lm_head = model.lm_head  # the module, so hooks on it (logit processors, tests) apply
@@ -110,7 +113,7 @@ class FastLlama:
             qkv = F.linear(self._rms(x, ln1), wqkv)
             qk, v = qkv.split([q_dim + kv_dim, kv_dim], dim=-1)
             qk = qk.view(b, t, self.n_heads + self.n_kv, self.head_dim).transpose(1, 2)  # (B, H+Hkv, T, D)
-            qk = qk * cos + _rotate_half(qk) * sin  # RoPE on queries and keys in one pass
+            qk = torch.addcmul(qk * cos, _swap_halves(qk), sin)  # RoPE on queries and keys in one pass
             q, k = qk.split([self.n_heads, self.n_kv], dim=1)  # (B, H, T, D), (B, Hkv, T, D)
             v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
             cache.k[i, :, :, start:end] = k
@@ -123,13 +126,13 @@ class FastLlama:
                 scale=self.scale,
                 enable_gqa=self.n_kv != self.n_heads,
             )
-            x = x + F.linear(o.transpose(1, 2).reshape(b, t, q_dim), wo)
+            x = torch.addmm(x.view(b * t, -1), o.transpose(1, 2).reshape(b * t, q_dim), wo.t()).view(b, t, -1)
             gate, up = F.linear(self._rms(x, ln2), wgu).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, wdown)
+            x = torch.addmm(x.view(b * t, -1), (F.silu(gate) * up).view(b * t, -1), wdown.t()).view(b, t, -1)
         cache.length = end
         return self.lm_head(self._rms(x[:, -1], self.norm))  # (B, V)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _swap_halves(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (x2, x1) along the last dim, in one copy."""
+    return x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from thinkflow.config import PipelineConfig
+from thinkflow.config import ConfigError, PipelineConfig
 from thinkflow.models import CheckpointError, build_model_and_tokenizer, load_checkpoint, n_params
 from thinkflow.pretrain.data import TraceDataModule
 from thinkflow.pretrain.module import CausalLMModule
@@ -67,6 +67,21 @@ def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> dict:
     tracker.log_params(run_id, flatten(section | {"trainer": tc.model_dump()}))
     tracker.log_params(run_id, {"model.n_params": str(n_params(model)), "task.n_train": str(len(train))})
     data = TraceDataModule(task, tokenizer, train, test, pc.batch_size, cfg.seed)
+    data.setup()
+    limit = model.config.max_position_embeddings
+    longest = max(len(ids) for ds in (data.train_ds, data.test_ds) for ids in ds["input_ids"])
+    longest_prompt = max(len(ids) for ids in tokenizer([p.prompt for p in test]).input_ids)
+    if longest > limit:
+        raise ConfigError(
+            f"model.max_seq_len={limit} is too short for task {task.name!r}: its longest example has "
+            f"{longest} tokens; raise model.max_seq_len or lower task.difficulty"
+        )
+    if longest_prompt + pc.eval_max_new_tokens > limit:
+        raise ConfigError(
+            f"pretrain.eval_max_new_tokens={pc.eval_max_new_tokens} + the longest prompt ({longest_prompt} tokens) "
+            f"exceeds model.max_seq_len={limit}"
+        )
+    tracker.log_metrics(run_id, {"data/skipped_rows": getattr(task, "skipped_rows", 0)})
     module = CausalLMModule(
         model, tokenizer, task, test, lr=pc.lr, max_steps=pc.max_steps, warmup_steps=pc.warmup_steps,
         min_lr_ratio=pc.min_lr_ratio, weight_decay=pc.weight_decay, betas=pc.betas,
