@@ -24,15 +24,19 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def test_unknown_backend_names_the_choices(checkpoint):
-    with pytest.raises(GenerationError, match="unknown inference backend 'tgi'; known backends: hf, vllm"):
-        with open_engine("tgi", checkpoint):
-            pass
+    with (
+        pytest.raises(GenerationError, match="unknown inference backend 'tgi'; known backends: hf, vllm"),
+        open_engine("tgi", checkpoint),
+    ):
+        pass
 
 
 def test_vllm_not_installed_is_a_clear_error(checkpoint, tmp_path):
-    with pytest.raises(GenerationError, match="needs vLLM in its own venv.*create-venv"):
-        with open_engine("vllm", checkpoint, vllm_python=str(tmp_path / "nope" / "bin" / "python")):
-            pass
+    with (
+        pytest.raises(GenerationError, match="needs vLLM in its own venv.*create-venv"),
+        open_engine("vllm", checkpoint, vllm_python=str(tmp_path / "nope" / "bin" / "python")),
+    ):
+        pass
 
 
 def test_hf_backend_from_a_checkpoint_dir(checkpoint):
