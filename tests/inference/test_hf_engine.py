@@ -60,6 +60,19 @@ def test_stop_strings_end_the_text(engine):
                 assert "1" in engine.tokenizer.decode(s.token_ids)
 
 
+def test_stop_token_ids_end_the_sample_and_stay_in_the_ids(engine):
+    free = engine.generate(PROMPTS, SamplingParams(max_new_tokens=12, ignore_eos=True))
+    stop_id = free[0][0].token_ids[3]
+    out = engine.generate(PROMPTS, SamplingParams(max_new_tokens=12, ignore_eos=True, stop_token_ids=(stop_id,)))
+    first = out[0][0]
+    assert first.token_ids == free[0][0].token_ids[: free[0][0].token_ids.index(stop_id) + 1]
+    assert first.finish_reason == "stop"
+    for group, ref in zip(out, free, strict=True):
+        want = ref[0].token_ids
+        cut = want.index(stop_id) + 1 if stop_id in want else len(want)
+        assert group[0].token_ids == want[:cut]
+
+
 def test_never_stopping_model_ends_at_budget_with_length(engine):
     eos = engine.tokenizer.eos_token_id
 

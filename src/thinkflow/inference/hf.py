@@ -119,7 +119,8 @@ class HFEngine:
         lps = torch.zeros(width, params.max_new_tokens)
         lengths = torch.full((width,), params.max_new_tokens, dtype=torch.long)
         finish = ["length"] * width
-        eos = torch.tensor([] if params.ignore_eos else sorted(self.eos_ids), dtype=torch.long)
+        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids)
+        eos = torch.tensor(sorted(stop_ids), dtype=torch.long)
         all_live = True  # while no row has left, rows == arange: plain slicing, no scatter
         for step in range(params.max_new_tokens):
             tok, tok_lp = _pick(logits, params, gen)

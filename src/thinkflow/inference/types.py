@@ -16,7 +16,8 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 means no top-k filter
     max_new_tokens: int = 64
-    stop: tuple[str, ...] = ()
+    stop: tuple[str, ...] = ()  # stop strings (excluded from the text, like vLLM)
+    stop_token_ids: tuple[int, ...] = ()  # extra stop ids besides EOS (kept in token_ids)
     seed: int = 0
     ignore_eos: bool = False  # keep generating past EOS (fixed-length benchmarks)
 

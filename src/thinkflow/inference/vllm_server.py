@@ -167,7 +167,8 @@ class VLLMEngine:
         body = {
             "model": self.model_name, "prompt": prompts, "n": params.n, "max_tokens": params.max_new_tokens,
             "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k or -1,
-            "seed": params.seed, "stop": list(params.stop), "ignore_eos": params.ignore_eos, "logprobs": 0,
+            "seed": params.seed, "stop": list(params.stop), "stop_token_ids": list(params.stop_token_ids),
+            "ignore_eos": params.ignore_eos, "logprobs": 0, "include_stop_str_in_output": False,
             "return_tokens_as_token_ids": True, "skip_special_tokens": True,
         }  # fmt: skip
         resp = self.client.post("/v1/completions", json=body)
