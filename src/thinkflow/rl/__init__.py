@@ -1,0 +1,1 @@
+"""RL on reasoning traces: GRPO-family objectives and verifiable rewards."""

@@ -1,0 +1,65 @@
+"""Verifiable rewards: the task's own verifier, plus an optional format reward.
+
+A reward function that raises, or returns NaN/inf, for one sample gives that sample zero
+reward and is counted (``RewardBatch.failures``); the batch goes on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from thinkflow.tasks import Problem, Task
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    correct_weight: float = 1.0
+    format_weight: float = 0.0  # reward for a well-formed answer (one delimiter, parseable answer)
+
+
+@dataclass
+class RewardBatch:
+    rewards: torch.Tensor  # (N,) total reward per sample
+    correct: torch.Tensor  # (N,) bool
+    well_formed: torch.Tensor  # (N,) bool
+    failures: int = 0
+    failure_messages: list[str] = field(default_factory=list)
+
+
+def well_formed(task: Task, text: str) -> bool:
+    """Exactly one answer delimiter and an extractable answer after it."""
+    return text.count(task.answer_delim) == 1 and task.extract_answer(text) is not None
+
+
+def score(
+    task: Task,
+    problems: list[Problem],
+    texts: list[str],
+    cfg: RewardConfig,
+    extra: Callable[[Problem, str], float] | None = None,
+) -> RewardBatch:
+    """Reward per (problem, completion) pair; ``extra`` is an optional user reward term."""
+    if len(problems) != len(texts):
+        raise ValueError(f"{len(problems)} problems but {len(texts)} completions")
+    rewards, correct, formed, failures, messages = [], [], [], 0, []
+    for problem, text in zip(problems, texts, strict=True):
+        try:
+            ok = bool(task.verify(text, problem))
+            form = well_formed(task, text)
+            value = cfg.correct_weight * ok + cfg.format_weight * form
+            if extra is not None:
+                value += float(extra(problem, text))
+            if not math.isfinite(value):
+                raise ValueError(f"non-finite reward {value}")
+        except Exception as err:  # a broken reward must not stop the batch
+            failures += 1
+            messages.append(f"{problem.id}: {type(err).__name__}: {err}")
+            ok, form, value = False, False, 0.0
+        rewards.append(value)
+        correct.append(ok)
+        formed.append(form)
+    return RewardBatch(torch.tensor(rewards), torch.tensor(correct), torch.tensor(formed), failures, messages)
