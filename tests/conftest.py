@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-GSM8K_DIR = ROOT.parent / "shared" / "datasets" / "gsm8k"
+# The checkout's sibling shared/ (as laid out for developers and CI), or THINKFLOW_SHARED.
+GSM8K_DIR = Path(os.environ.get("THINKFLOW_SHARED", ROOT.parent / "shared")) / "datasets" / "gsm8k"
 
 # Before Prefect/MLflow are imported anywhere: no telemetry, a private Prefect home.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="thinkflow-prefect-"))
@@ -55,5 +56,5 @@ def prefect_server():
 @pytest.fixture(scope="session")
 def gsm8k_dir() -> Path:
     if not (GSM8K_DIR / "test.jsonl").exists():
-        pytest.fail(f"GSM8K test data missing at {GSM8K_DIR}")
+        pytest.fail(f"GSM8K test data missing at {GSM8K_DIR} (set THINKFLOW_SHARED to the shared/ folder)")
     return GSM8K_DIR
