@@ -46,16 +46,15 @@ STAGE_TASKS = {name: _stage_task(name) for name in STAGES}
 def pipeline(config: dict) -> dict:
     """Run every configured stage in order; returns each stage's result (paths, run ids)."""
     parent = start_pipeline_run(config, flow_run.get_id())
-    results: dict = {"parent_run_id": parent}
-    stage_results: dict = {}
+    results: dict = {}
     try:
         for name in enabled_stages(validate(config)):
-            stage_results[name] = STAGE_TASKS[name].submit(config, parent, dict(stage_results)).result()
+            results[name] = STAGE_TASKS[name].submit(config, parent, dict(results)).result()
     except BaseException:
-        end_pipeline_run(config, parent, stage_results, "FAILED")
+        end_pipeline_run(config, parent, results, "FAILED")
         raise
-    end_pipeline_run(config, parent, stage_results, "FINISHED")
-    return results | stage_results
+    end_pipeline_run(config, parent, results, "FINISHED")
+    return {"parent_run_id": parent, **results}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pipeline")

@@ -15,6 +15,7 @@ from thinkflow.stages import StageContext
 from thinkflow.tracking import FLOW_RUN_TAG, STAGE_TAG, Tracker, flatten, resolve_uri
 
 StageFn = Callable[[PipelineConfig, StageContext], dict]
+HEADLINE_KEYS = ("val_acc",)  # stage result keys repeated on the parent run as <stage>/<key>
 STAGES: dict[str, StageFn] = {"pretrain": run_pretrain}
 
 log = logging.getLogger("thinkflow")
@@ -41,11 +42,10 @@ def start_pipeline_run(config: dict, flow_run_id: str | None) -> str:
 
 
 def end_pipeline_run(config: dict, run_id: str, results: dict, status: str) -> None:
+    """Copy each stage's headline metrics onto the parent run (for the runs table), then close it."""
     tracker = open_tracker(validate(config))
-    for stage, result in results.items():
-        for key in ("val_acc",):
-            if key in result:
-                tracker.log_metrics(run_id, {f"{stage}/{key}": result[key]})
+    headline = {f"{stage}/{k}": r[k] for stage, r in results.items() for k in HEADLINE_KEYS if k in r}
+    tracker.log_metrics(run_id, headline)
     tracker.end_run(run_id, status)
 
 
@@ -56,6 +56,6 @@ def run_stage(name: str, config: dict, parent_run_id: str, upstream: dict, flow_
     tags = {STAGE_TAG: name, FLOW_RUN_TAG: flow_run_id or ""}
     with tracker.run(name, tags, parent_run_id=parent_run_id) as run_id:
         result = STAGES[name](cfg, StageContext(tracker, run_id, parent_run_id, upstream))
-    where = ", ".join(f"{k}={v}" for k, v in result.items() if k in ("checkpoint", "table", "val_acc"))
+    where = ", ".join(f"{k}={v}" for k, v in result.items() if k in ("checkpoint", "table", *HEADLINE_KEYS))
     print(f"{name}: done; MLflow run {run_id}; {where}")
     return result
