@@ -57,3 +57,47 @@ def token_logprobs(model, batch: RolloutBatch, with_entropy: bool = False):
         return logp
     entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, L-1)
     return logp, entropy
+
+
+@dataclass
+class Rollouts:
+    """One RL step's experience: G samples per prompt, rewarded and turned into advantages."""
+
+    batch: RolloutBatch
+    rewards: torch.Tensor  # (groups, G)
+    advantages: torch.Tensor  # (groups * G,)
+    metrics: dict[str, float]
+
+
+def collect(engine, task, problems, group_size: int, params, reward_cfg, objective_cfg, extra_reward=None) -> Rollouts:
+    """Sample ``group_size`` completions per problem through the inference engine, score them
+    with the task's verifier, and compute group advantages (dapo drops zero-variance groups)."""
+    from dataclasses import replace
+
+    from thinkflow.rl.objectives import group_advantages, informative_groups
+    from thinkflow.rl.rewards import score
+
+    if group_size < 2:
+        raise ValueError(f"rl.group_size must be >= 2 for group-relative advantages, got {group_size}")
+    prompts = [p.prompt for p in problems]
+    groups = engine.generate(prompts, replace(params, n=group_size))
+    samples = [s for g in groups for s in g]
+    scored = score(
+        task, [problems[s.prompt_index] for s in samples], [s.text for s in samples], reward_cfg, extra_reward
+    )
+    rewards = scored.rewards.view(len(problems), group_size)
+    keep = informative_groups(rewards)
+    metrics = {
+        "rl/reward_mean": float(rewards.mean()),
+        "rl/reward_std": float(rewards.std(dim=1, unbiased=False).mean()),
+        "rl/frac_zero_std": float(1 - keep.float().mean()),
+        "rl/accuracy": float(scored.correct.float().mean()),
+        "rl/response_len": float(sum(s.gen_tokens for s in samples) / len(samples)),
+        "rl/reward_failures": float(scored.failures),
+    }
+    if objective_cfg.name == "dapo" and keep.any():  # dynamic sampling: only groups with signal
+        rows = keep.repeat_interleave(group_size)
+        samples = [s for s, k in zip(samples, rows.tolist(), strict=True) if k]
+        rewards = rewards[keep]
+    advantages = group_advantages(rewards, objective_cfg).reshape(-1)
+    return Rollouts(build_batch(engine.tokenizer, prompts, samples), rewards, advantages, metrics)
