@@ -79,12 +79,89 @@ class PretrainConfig(_Strict):
         return self
 
 
+class DeepSpeedConfig(_Strict):
+    stage: Literal[2, 3] = 2
+    offload_optimizer: bool = False  # optimizer state in host RAM (ZeRO-Offload)
+    offload_params: bool = False  # ZeRO-3 only: parameters in host RAM too
+
+    @model_validator(mode="after")
+    def _offload(self) -> DeepSpeedConfig:
+        if self.offload_params and self.stage != 3:
+            raise ValueError("offload_params needs ZeRO stage 3")
+        return self
+
+
 class TrainerConfig(_Strict):
     accelerator: Literal["cpu", "gpu", "cuda", "auto"] = "cpu"
-    devices: int | Literal["auto"] = 1
+    devices: int = Field(1, ge=1)  # processes per node (GPUs, or CPU processes on gloo)
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp", "deepspeed"] = "auto"
+    deepspeed: DeepSpeedConfig | None = None  # used when strategy=deepspeed
     precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
-    num_threads: int | None = Field(None, ge=1)
+    num_threads: int | None = Field(None, ge=1)  # torch threads per process; null = cores / devices
     progress_bar: bool = True
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+    @model_validator(mode="after")
+    def _strategy(self) -> TrainerConfig:
+        if self.strategy == "deepspeed" and self.deepspeed is None:
+            raise ValueError("strategy=deepspeed needs a trainer.deepspeed section (e.g. trainer=cpu_zero2)")
+        return self
+
+
+class RewardSection(_Strict):
+    correct_weight: float = 1.0
+    format_weight: float = 0.0
+
+
+class GuardConfig(_Strict):
+    window: int = Field(10, ge=1)  # RL steps averaged before comparing with the start
+    reward_collapse_ratio: float = Field(0.25, ge=0, le=1)  # reward below this share of its start
+    min_response_len: float = Field(2.0, ge=0)  # mean completion tokens below this = length collapse
+    stop_on_collapse: bool = False  # collapse is always logged; stop the stage only if asked
+
+
+class RLConfig(_Strict):
+    objective: Literal["grpo", "dr_grpo", "dapo"] = "grpo"
+    max_steps: int = Field(ge=1)  # RL steps (one batch of rollouts each)
+    prompts_per_step: int = Field(ge=1)  # per process
+    group_size: int = Field(ge=2)  # G samples per prompt
+    ppo_epochs: int = Field(1, ge=1)  # optimisation passes over each batch of rollouts
+    minibatches: int = Field(1, ge=1)  # optimizer steps per pass
+    lr: float = Field(gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = Field(1.0, ge=0)
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.2, ge=0)
+    beta: float = Field(0.0, ge=0)  # k3 KL to the initial policy; 0 loads no reference model
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(ge=1)
+    max_refill: int = Field(2, ge=0)  # dapo: extra sampling rounds to replace zero-variance groups
+    reward: RewardSection = RewardSection()
+    backend: Literal["hf", "vllm"] = "hf"
+    eval_every: int = Field(ge=1)
+    eval_samples: int = Field(4, ge=1)  # temperature-1 samples per held-out problem for pass@1
+    log_every: int = Field(1, ge=1)
+    ckpt_every: int = Field(ge=1)
+    guards: GuardConfig = GuardConfig()
+    init_from: str | None = None  # HF checkpoint; default: the pretrain stage's checkpoint
+
+    @model_validator(mode="after")
+    def _schedule(self) -> RLConfig:
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be < max_steps={self.max_steps}")
+        if self.minibatches > self.prompts_per_step * self.group_size:
+            raise ValueError(
+                f"minibatches={self.minibatches} exceeds the rollout batch of "
+                f"prompts_per_step*group_size={self.prompts_per_step * self.group_size} samples"
+            )
+        return self
 
 
 class TrackingConfig(_Strict):
@@ -107,6 +184,15 @@ class PipelineConfig(_Strict):
     trainer: TrainerConfig
     tracking: TrackingConfig
     pretrain: PretrainConfig | None = None
+    rl: RLConfig | None = None
+
+    @model_validator(mode="after")
+    def _stages(self) -> PipelineConfig:
+        if self.rl is not None and self.pretrain is None and not self.rl.init_from:
+            raise ValueError("rl needs a starting checkpoint: enable pretrain or set rl.init_from")
+        if self.rl is not None and self.rl.backend == "vllm" and self.trainer.world_size > 1:
+            raise ValueError("rl.backend=vllm runs single-process; use backend=hf with several devices")
+        return self
 
 
 def validate(config: dict) -> PipelineConfig:

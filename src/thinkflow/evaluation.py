@@ -37,3 +37,23 @@ def greedy_accuracy(engine, task: Task, problems: list[Problem], max_new_tokens:
             }
         )
     return GreedyResult(correct / len(problems), len(problems), no_answer, tokens, rows)
+
+
+@dataclass
+class SampledResult:
+    pass_at_1: float  # mean correctness over every sample (the unbiased pass@1)
+    n_problems: int
+    n_samples: int  # per problem
+    gen_tokens: int
+    correct: list[int]  # correct samples per problem
+
+
+def sampled_pass_at_1(
+    engine, task: Task, problems: list[Problem], n: int, temperature: float, max_new_tokens: int, seed: int = 0
+) -> SampledResult:
+    """pass@1 of temperature sampling: ``n`` samples per problem, mean correctness."""
+    params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    groups = engine.generate([p.prompt for p in problems], params)
+    correct = [sum(task.verify(s.text, p) for s in g) for p, g in zip(problems, groups, strict=True)]
+    tokens = sum(s.gen_tokens for g in groups for s in g)
+    return SampledResult(sum(correct) / (n * len(problems)), len(problems), n, tokens, correct)

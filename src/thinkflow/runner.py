@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
-from thinkflow.config import PipelineConfig, validate
+from thinkflow.config import ConfigError, PipelineConfig, validate
+from thinkflow.distributed import world_size
+from thinkflow.distributed.launch import launch
 from thinkflow.pretrain.stage import run_pretrain
+from thinkflow.rl.stage import run_rl
 from thinkflow.stages import StageContext
 from thinkflow.tracking import FLOW_RUN_TAG, STAGE_TAG, Tracker, flatten, resolve_uri
 
 StageFn = Callable[[PipelineConfig, StageContext], dict]
-HEADLINE_KEYS = ("val_acc",)  # stage result keys repeated on the parent run as <stage>/<key>
-STAGES: dict[str, StageFn] = {"pretrain": run_pretrain}
+HEADLINE_KEYS = ("val_acc", "val_pass@1")  # stage result keys repeated on the parent run as <stage>/<key>
+STAGES: dict[str, StageFn] = {"pretrain": run_pretrain, "rl": run_rl}
 
 log = logging.getLogger("thinkflow")
 
@@ -55,7 +59,16 @@ def run_stage(name: str, config: dict, parent_run_id: str, upstream: dict, flow_
     tracker = open_tracker(cfg)
     tags = {STAGE_TAG: name, FLOW_RUN_TAG: flow_run_id or ""}
     with tracker.run(name, tags, parent_run_id=parent_run_id) as run_id:
-        result = STAGES[name](cfg, StageContext(tracker, run_id, parent_run_id, upstream))
+        if cfg.trainer.num_nodes > 1 and world_size() == 1:
+            raise ConfigError(
+                f"trainer.num_nodes={cfg.trainer.num_nodes}: the flow launches processes on this node only; "
+                "for several nodes run the stage under your cluster launcher (torchrun --nnodes, SLURM)"
+            )
+        if cfg.trainer.world_size > 1 and world_size() == 1:  # one process per rank, via torchrun
+            spool = Path(cfg.paths.work_dir).resolve() / "launch" / run_id
+            result = launch(name, config, run_id, parent_run_id, upstream, cfg.trainer.devices, spool)
+        else:
+            result = STAGES[name](cfg, StageContext(tracker, run_id, parent_run_id, upstream))
     where = ", ".join(f"{k}={v}" for k, v in result.items() if k in ("checkpoint", "table", *HEADLINE_KEYS))
     print(f"{name}: done; MLflow run {run_id}; {where}")
     return result

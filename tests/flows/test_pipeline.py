@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from tests.conftest import ROOT, compose
@@ -25,15 +26,16 @@ def test_pipeline_parent_and_stage_runs(tmp_path, prefect_server):
 
     client, runs = _runs(tmp_path)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 1
-    parent, child = parents[0], children[0]
+    children = {r.data.tags["stage"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert len(parents) == 1 and sorted(children) == ["pretrain", "rl"]
+    parent, child = parents[0], children["pretrain"]
     assert result["parent_run_id"] == parent.info.run_id
-    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert child.data.tags["stage"] == "pretrain"
     flow_run_id = parent.data.tags["prefect.flow_run_id"]
-    assert flow_run_id and child.data.tags["prefect.flow_run_id"] == flow_run_id
-    assert parent.info.status == child.info.status == "FINISHED"
+    for run in children.values():
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert flow_run_id and run.data.tags["prefect.flow_run_id"] == flow_run_id
+        assert run.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED"
 
     # The full resolved config: flattened params on the parent, an artifact too.
     assert parent.data.params["pretrain.max_steps"] == "20"
@@ -58,6 +60,43 @@ def test_pipeline_parent_and_stage_runs(tmp_path, prefect_server):
     samples = client.download_artifacts(child.info.run_id, "samples/val_greedy.jsonl", str(tmp_path / "dl"))
     rows = [json.loads(line) for line in Path(samples).read_text().splitlines()]
     assert len(rows) == config["task"]["n_test"] and {"prompt", "completion", "correct"} <= set(rows[0])
+
+
+def test_rl_stage_logs_learns_from_and_exports_a_checkpoint(tmp_path, prefect_server):
+    """The rl child run of the same kind of pipeline: rollout/learner metrics per RL step, held-out
+    evaluation at step 0 and every eval_every, a samples table, an HF checkpoint with new weights."""
+    from flows.pipeline import pipeline
+    from thinkflow.models import load_checkpoint
+
+    # a format reward gives the 20-step tiny model some reward variance (signal) to learn from
+    config = compose(["seed=1", "rl.reward.format_weight=1.0", "rl.prompts_per_step=8"], root=tmp_path)
+    result = pipeline(config)
+    client, runs = _runs(tmp_path)
+    rl = next(r for r in runs if r.data.tags.get("stage") == "rl")
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    keys = ("rl/reward_mean", "rl/reward_std", "rl/frac_zero_std", "rl/kl", "rl/entropy", "rl/clip_frac",
+            "rl/response_len", "rl/loss", "perf/rollout_tokens_per_s", "perf/learner_tokens_per_s",
+            "rl/val_acc", "rl/val_pass_at_1", "guard/reward_collapse", "guard/length_collapse")  # fmt: skip
+    for key in keys:
+        assert key in rl.data.metrics, key
+    assert [m.step for m in client.get_metric_history(rl.info.run_id, "rl/reward_mean")] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(rl.info.run_id, "rl/val_pass_at_1")] == [0, 2, 4]
+    assert rl.data.metrics["perf/rollout_tokens_per_s"] > 0 and rl.data.metrics["rl/entropy"] > 0
+    assert parent.data.metrics["rl/val_pass_at_1"] == result["rl"]["val_pass@1"]
+    assert result["rl"]["steps"] == 4 and result["rl"]["n_val"] == config["task"]["n_test"]
+
+    table = client.download_artifacts(rl.info.run_id, "samples/rollouts.json", str(tmp_path / "dl"))
+    data = json.loads(Path(table).read_text())
+    assert {"prompt", "completion", "reward", "advantage", "step"} <= set(data["columns"])
+    assert {row[data["columns"].index("step")] for row in data["data"]} == {0, 2}
+
+    before, _ = load_checkpoint(result["pretrain"]["checkpoint"])
+    after, _ = load_checkpoint(result["rl"]["checkpoint"])
+    assert json.loads((Path(result["rl"]["checkpoint"]) / "thinkflow.json").read_text())["rl_step"] == 4
+    zero_std = [m.value for m in client.get_metric_history(rl.info.run_id, "rl/frac_zero_std")]
+    assert min(zero_std) < 1  # some group had signal, so the policy gradient was not zero
+    moved = [not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters(), strict=True)]
+    assert any(moved)  # RL changed the weights
 
 
 def test_cli_validates_config_before_any_compute(tmp_path):

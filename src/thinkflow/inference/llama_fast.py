@@ -68,6 +68,11 @@ class FastLlama:
         self.embed = core.embed_tokens.weight
         self.norm = core.norm.weight
         self.lm_head = model.lm_head  # the module, so hooks on it (logit processors, tests) apply
+        if hasattr(model.lm_head.weight, "ds_id"):
+            # DeepSpeed ZeRO-3 (weights gathered by the caller): a module call would run ZeRO's
+            # hooks, which re-partition the weight (and the tied embedding) after the first step.
+            head = model.lm_head.weight.detach()
+            self.lm_head = lambda h: F.linear(h, head)
         self.dtype = self.embed.dtype
         self.layers = []
         for layer in core.layers:

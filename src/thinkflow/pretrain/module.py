@@ -9,6 +9,7 @@ import time
 import pytorch_lightning as pl
 import torch
 
+from thinkflow.distributed import full_parameters
 from thinkflow.evaluation import greedy_accuracy
 from thinkflow.inference import HFEngine
 from thinkflow.tasks import Problem, Task
@@ -67,12 +68,14 @@ class CausalLMModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        result = greedy_accuracy(
-            HFEngine(self.model, self.tokenizer), self.task, self.eval_problems, self.eval_max_new_tokens
-        )
+        with full_parameters(self.model):  # whole weights for the engine under ZeRO-3 (all ranks)
+            result = greedy_accuracy(
+                HFEngine(self.model, self.tokenizer), self.task, self.eval_problems, self.eval_max_new_tokens
+            )
         self.model.train()
-        self.log("pretrain/val_acc", result.accuracy, prog_bar=True)
-        self.log("pretrain/val_no_answer_frac", result.n_no_answer / result.n_problems)
+        # every rank scores the same full set, so rank 0's number is the number
+        self.log("pretrain/val_acc", result.accuracy, prog_bar=True, rank_zero_only=True)
+        self.log("pretrain/val_no_answer_frac", result.n_no_answer / result.n_problems, rank_zero_only=True)
         self.last_eval = {
             "step": self.global_step,
             "accuracy": result.accuracy,

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 import time
-import zipfile
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from thinkflow.checkpoints import check_resume_checkpoint, save_hf
 from thinkflow.config import ConfigError, PipelineConfig
-from thinkflow.models import CheckpointError, build_model_and_tokenizer, load_checkpoint, n_params
+from thinkflow.distributed import full_parameters, is_rank_zero
+from thinkflow.distributed.strategy import build_strategy
+from thinkflow.models import build_model_and_tokenizer, load_checkpoint, n_params
 from thinkflow.pretrain.data import TraceDataModule
 from thinkflow.pretrain.module import CausalLMModule
 from thinkflow.stages import StageContext, stage_work_dir
@@ -26,22 +27,15 @@ from thinkflow.tracking import flatten, write_json
 from thinkflow.tracking.lightning import TrackerLogger
 
 
-def check_resume_checkpoint(path: Path) -> None:
-    """Refuse a truncated or corrupt checkpoint with a clear error; never delete it."""
-    if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
-        raise CheckpointError(
-            f"resume checkpoint {path} is corrupt (not a readable torch archive); move it away to restart "
-            f"this stage from its previous checkpoint or from scratch"
-        )
-    with zipfile.ZipFile(path) as zf:
-        bad = zf.testzip()
-    if bad is not None:
-        raise CheckpointError(f"resume checkpoint {path} is corrupt (member {bad} fails its CRC)")
-
-
 def pretrain_section(cfg: PipelineConfig) -> dict:
     """The config that identifies a pretraining result (and names its work directory)."""
-    return {k: getattr(cfg, k).model_dump() for k in ("task", "model", "pretrain")} | {"seed": cfg.seed}
+    section = {k: getattr(cfg, k).model_dump() for k in ("task", "model", "pretrain")} | {"seed": cfg.seed}
+    tc = cfg.trainer
+    if tc.world_size > 1:  # data parallel changes the effective batch, so the result
+        section["distributed"] = {"world_size": tc.world_size, "strategy": tc.strategy} | (
+            {"deepspeed": tc.deepspeed.model_dump()} if tc.deepspeed else {}
+        )
+    return section
 
 
 def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> dict:
@@ -90,6 +84,8 @@ def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> dict:
     trainer = pl.Trainer(
         accelerator=tc.accelerator,
         devices=tc.devices,
+        num_nodes=tc.num_nodes,
+        strategy=build_strategy(tc, pc.grad_clip),
         precision=tc.precision,
         max_steps=pc.max_steps,
         val_check_interval=pc.eval_every,
@@ -109,9 +105,12 @@ def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> dict:
         trainer.validate(module, datamodule=data, verbose=False)  # resumed a finished run: score it
     wall = time.perf_counter() - t0
 
-    model.save_pretrained(hf_dir)
-    tokenizer.save_pretrained(hf_dir)
+    with full_parameters(model):  # every rank takes part (ZeRO-3 gathers); rank 0 writes
+        if is_rank_zero():
+            save_hf(model, tokenizer, hf_dir)
     evaluation = module.last_eval
+    if not is_rank_zero():
+        return {"stage": "pretrain", "checkpoint": str(hf_dir), "val_acc": evaluation["accuracy"]}
     tracker.log_metrics(run_id, {"pretrain/wall_s": wall, "pretrain/final_val_acc": evaluation["accuracy"]})
     tracker.log_text(run_id, "\n".join(json.dumps(r) for r in evaluation["rows"]), "samples/val_greedy.jsonl")
     if cfg.tracking.log_checkpoint:

@@ -8,7 +8,8 @@ the inputs shifted by one, so every ``(B, L-1)`` tensor here is aligned with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,14 @@ class RolloutBatch:
     loss_mask: torch.Tensor  # (B, L-1) 1 where the target is a sampled completion token
     old_logp: torch.Tensor  # (B, L-1) behaviour log-probs at those targets, 0 elsewhere
     prompt_index: torch.Tensor  # (B,) which prompt each row answers
+
+    def select(self, rows: torch.Tensor) -> RolloutBatch:
+        """The rows ``rows`` (a minibatch), trimmed to their longest row."""
+        width = int(self.attention_mask[rows].sum(dim=1).max())
+        return RolloutBatch(
+            self.input_ids[rows, :width], self.attention_mask[rows, :width], self.loss_mask[rows, : width - 1],
+            self.old_logp[rows, : width - 1], self.prompt_index[rows],
+        )  # fmt: skip
 
     @property
     def completion_lengths(self) -> torch.Tensor:
@@ -67,37 +76,80 @@ class Rollouts:
     rewards: torch.Tensor  # (groups, G)
     advantages: torch.Tensor  # (groups * G,)
     metrics: dict[str, float]
+    problems: list  # the problem of each group, in batch order
+    texts: list[str]  # completion text of each row
+    gen_tokens: int  # tokens generated this step, refills included
 
 
-def collect(engine, task, problems, group_size: int, params, reward_cfg, objective_cfg, extra_reward=None) -> Rollouts:
-    """Sample ``group_size`` completions per problem through the inference engine, score them
-    with the task's verifier, and compute group advantages (dapo drops zero-variance groups)."""
-    from dataclasses import replace
-
-    from thinkflow.rl.objectives import group_advantages, informative_groups
+def _sample_groups(engine, task, problems, group_size, params, reward_cfg, extra_reward):
+    """(samples grouped per problem, (groups, G) rewards, RewardBatch) for one sampling round."""
     from thinkflow.rl.rewards import score
+
+    groups = engine.generate([p.prompt for p in problems], replace(params, n=group_size))
+    flat = [s for g in groups for s in g]
+    scored = score(task, [problems[s.prompt_index] for s in flat], [s.text for s in flat], reward_cfg, extra_reward)
+    return groups, scored.rewards.view(len(problems), group_size), scored
+
+
+def collect(
+    engine,
+    task,
+    problems,
+    group_size: int,
+    params,
+    reward_cfg,
+    objective_cfg,
+    extra_reward=None,
+    more_problems: Callable[[int], list] | None = None,
+    max_refill: int = 0,
+) -> Rollouts:
+    """Sample ``group_size`` completions per problem through the inference engine, score them
+    with the task's verifier, and compute group advantages.
+
+    ``dapo`` (dynamic sampling) keeps only groups whose rewards differ and, up to ``max_refill``
+    extra rounds, samples fresh problems from ``more_problems(n)`` to fill the batch back up.
+    The policy statistics in ``metrics`` describe the first round (the policy as it is).
+    """
+    from thinkflow.rl.objectives import group_advantages, informative_groups
 
     if group_size < 2:
         raise ValueError(f"rl.group_size must be >= 2 for group-relative advantages, got {group_size}")
-    prompts = [p.prompt for p in problems]
-    groups = engine.generate(prompts, replace(params, n=group_size))
+    groups, rewards, scored = _sample_groups(engine, task, problems, group_size, params, reward_cfg, extra_reward)
     samples = [s for g in groups for s in g]
-    scored = score(
-        task, [problems[s.prompt_index] for s in samples], [s.text for s in samples], reward_cfg, extra_reward
-    )
-    rewards = scored.rewards.view(len(problems), group_size)
     keep = informative_groups(rewards)
     metrics = {
         "rl/reward_mean": float(rewards.mean()),
         "rl/reward_std": float(rewards.std(dim=1, unbiased=False).mean()),
         "rl/frac_zero_std": float(1 - keep.float().mean()),
         "rl/accuracy": float(scored.correct.float().mean()),
+        "rl/format_ok": float(scored.well_formed.float().mean()),
         "rl/response_len": float(sum(s.gen_tokens for s in samples) / len(samples)),
         "rl/reward_failures": float(scored.failures),
     }
-    if objective_cfg.name == "dapo" and keep.any():  # dynamic sampling: only groups with signal
-        rows = keep.repeat_interleave(group_size)
-        samples = [s for s, k in zip(samples, rows.tolist(), strict=True) if k]
-        rewards = rewards[keep]
-    advantages = group_advantages(rewards, objective_cfg).reshape(-1)
-    return Rollouts(build_batch(engine.tokenizer, prompts, samples), rewards, advantages, metrics)
+    gen_tokens = sum(s.gen_tokens for s in samples)
+    kept = list(zip(problems, groups, rewards, strict=True))
+    if objective_cfg.name == "dapo":
+        kept = [k for k, informative in zip(kept, keep.tolist(), strict=True) if informative]
+        rounds = 0
+        while len(kept) < len(problems) and rounds < max_refill and more_problems is not None:
+            rounds += 1
+            extra = more_problems(len(problems) - len(kept))
+            g2, r2, _ = _sample_groups(
+                engine, task, extra, group_size, replace(params, seed=params.seed + 7919 * rounds), reward_cfg,
+                extra_reward,
+            )  # fmt: skip
+            gen_tokens += sum(s.gen_tokens for g in g2 for s in g)
+            kept += [
+                k for k, ok in zip(zip(extra, g2, r2, strict=True), informative_groups(r2).tolist(), strict=True) if ok
+            ]
+        metrics["rl/refill_rounds"] = float(rounds)
+        if not kept:  # no signal anywhere: train on nothing but keep the step (advantages are all 0)
+            kept = list(zip(problems, groups, rewards, strict=True))
+        kept = kept[: len(problems)]
+    metrics["rl/groups_trained"] = float(len(kept))
+    problems_k = [k[0] for k in kept]
+    rewards_k = torch.stack([k[2] for k in kept])
+    rows = [replace(s, prompt_index=i) for i, k in enumerate(kept) for s in k[1]]
+    advantages = group_advantages(rewards_k, objective_cfg).reshape(-1)
+    batch = build_batch(engine.tokenizer, [p.prompt for p in problems_k], rows)
+    return Rollouts(batch, rewards_k, advantages, metrics, problems_k, [s.text for s in rows], gen_tokens)

@@ -5,8 +5,9 @@ from thinkflow.tracking.mlflow_store import (
     STAGE_TAG,
     Tracker,
     flatten,
+    metric_key,
     resolve_uri,
     write_json,
 )
 
-__all__ = ["FLOW_RUN_TAG", "STAGE_TAG", "Tracker", "flatten", "resolve_uri", "write_json"]
+__all__ = ["FLOW_RUN_TAG", "STAGE_TAG", "Tracker", "flatten", "metric_key", "resolve_uri", "write_json"]

@@ -52,6 +52,11 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
     return exp.experiment_id
 
 
+def metric_key(name: str) -> str:
+    """MLflow rejects ``@`` in metric names: ``rl/val_pass@1`` is stored as ``rl/val_pass_at_1``."""
+    return name.replace("@", "_at_")
+
+
 def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists are JSON strings."""
     out: dict[str, str] = {}
@@ -91,7 +96,7 @@ class Tracker:
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        batch = [Metric(metric_key(k), float(v), now, step or 0) for k, v in metrics.items()]
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
@@ -100,6 +105,12 @@ class Tracker:
 
     def log_text(self, run_id: str, text: str, file_name: str) -> None:
         self.client.log_text(run_id, text, file_name)
+
+    def log_table(self, run_id: str, rows: list[dict], file_name: str) -> None:
+        """Rows as an MLflow table artifact (shown and compared in the UI's artifact view)."""
+        import pandas as pd
+
+        self.client.log_table(run_id, pd.DataFrame(rows), file_name)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

@@ -1,0 +1,44 @@
+"""Checkpoint hygiene shared by the training stages: refuse corrupt resume files, and write
+HF-format exports atomically so a crash mid-save never replaces the last good one."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+from thinkflow.models import CheckpointError
+
+
+def check_resume_checkpoint(path: Path) -> None:
+    """Refuse a truncated or corrupt checkpoint with a clear error; never delete it.
+
+    A directory (DeepSpeed's sharded checkpoint) is checked for its ``latest`` tag only."""
+    if path.is_dir():
+        if not (path / "latest").exists() and not any(path.glob("*/mp_rank_*")):
+            raise CheckpointError(f"resume checkpoint {path} is an incomplete DeepSpeed checkpoint directory")
+        return
+    if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"resume checkpoint {path} is corrupt (not a readable torch archive); move it away to restart "
+            f"this stage from its previous checkpoint or from scratch"
+        )
+    with zipfile.ZipFile(path) as zf:
+        bad = zf.testzip()
+    if bad is not None:
+        raise CheckpointError(f"resume checkpoint {path} is corrupt (member {bad} fails its CRC)")
+
+
+def save_hf(model, tokenizer, path: Path) -> Path:
+    """``save_pretrained`` into a temp dir beside ``path``, then swap it in."""
+    path = Path(path)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path

@@ -1,0 +1,31 @@
+"""One rank of a multi-process stage (started by ``launch`` through torchrun):
+
+python -m torch.distributed.run --nproc_per_node 2 -m thinkflow.distributed.worker SPEC RESULT
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from thinkflow.distributed.ranks import NullTracker, is_rank_zero
+
+
+def main(spec_path: str, result_path: str) -> None:
+    from thinkflow.config import validate
+    from thinkflow.runner import STAGES, open_tracker
+    from thinkflow.stages import StageContext
+    from thinkflow.tracking import write_json
+
+    spec = json.loads(Path(spec_path).read_text())
+    cfg = validate(spec["config"])
+    tracker = open_tracker(cfg) if is_rank_zero() else NullTracker()
+    ctx = StageContext(tracker, spec["run_id"], spec["parent_run_id"], spec["upstream"])
+    result = STAGES[spec["stage"]](cfg, ctx)
+    if is_rank_zero():
+        write_json(result_path, result)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

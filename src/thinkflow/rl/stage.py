@@ -1,0 +1,168 @@
+"""The ``rl`` stage: GRPO-family RL from the pretrained checkpoint on the task's verifier.
+
+    python flows/pipeline.py                                  # pretrain -> rl on the default task
+    python flows/pipeline.py rl.objective=dapo rl.clip_high=0.28
+    python flows/pipeline.py trainer=cpu_zero3                # ZeRO-3 on 2 CPU processes (gloo)
+
+Runs in the calling process on one device; with several devices the runner starts it once
+per rank through torchrun (``thinkflow.distributed.launch``). Resumable from its config-keyed
+work directory; exports HF checkpoints every ``rl.ckpt_every`` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+import warnings
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from thinkflow.checkpoints import check_resume_checkpoint, save_hf
+from thinkflow.config import ConfigError, PipelineConfig
+from thinkflow.distributed import full_parameters, is_rank_zero
+from thinkflow.distributed.strategy import build_strategy
+from thinkflow.models import load_checkpoint, n_params
+from thinkflow.rl.learner import GRPOModule
+from thinkflow.rl.sync import InProcessPolicy, VLLMPolicy
+from thinkflow.stages import StageContext, config_key, stage_work_dir
+from thinkflow.tasks import build_task
+from thinkflow.tracking import flatten, write_json
+
+
+def starting_checkpoint(cfg: PipelineConfig, upstream: dict) -> str:
+    init = cfg.rl.init_from or upstream.get("pretrain", {}).get("checkpoint")
+    if not init:
+        raise ConfigError("rl: no starting checkpoint (no pretrain result upstream and rl.init_from is not set)")
+    if not (Path(init) / "config.json").exists():
+        raise ConfigError(f"rl: starting checkpoint {init} is missing (no config.json there)")
+    return str(init)
+
+
+def rl_section(cfg: PipelineConfig, init: str) -> dict:
+    """What identifies an RL result: its config, task, seed, world size and starting weights."""
+    weights = Path(init) / "model.safetensors"
+    ident = f"{init}:{weights.stat().st_mtime_ns}" if weights.exists() else init
+    return {
+        "rl": cfg.rl.model_dump(), "task": cfg.task.model_dump(), "seed": cfg.seed,
+        "world_size": cfg.trainer.world_size, "strategy": cfg.trainer.strategy,
+        "deepspeed": cfg.trainer.deepspeed.model_dump() if cfg.trainer.deepspeed else None,
+        "init": config_key({"init": ident}),
+    }  # fmt: skip
+
+
+def _check_lengths(tokenizer, problems, model, max_new_tokens: int) -> None:
+    limit = model.config.max_position_embeddings
+    longest = max(len(ids) for ids in tokenizer([p.prompt for p in problems]).input_ids)
+    if longest + max_new_tokens > limit:
+        raise ConfigError(
+            f"rl.max_new_tokens={max_new_tokens} + the longest prompt ({longest} tokens) exceeds the model "
+            f"context of {limit} tokens; lower rl.max_new_tokens"
+        )
+
+
+# One RL step = several optimizer steps of manual optimization; checkpoints land between RL steps.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+
+
+def run_rl(cfg: PipelineConfig, ctx: StageContext) -> dict:
+    rc, tc = cfg.rl, cfg.trainer
+    torch.set_num_threads(tc.num_threads or max(1, (os.cpu_count() or 1) // tc.world_size))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    init = starting_checkpoint(cfg, ctx.upstream)
+    model, tokenizer = load_checkpoint(init)
+    model.train()
+    task = build_task(cfg.task.name, cfg.task.difficulty, cfg.task.source)
+    n_pool = rc.max_steps * rc.prompts_per_step * tc.world_size * (1 + rc.max_refill)
+    train, val = task.splits(min(n_pool, 50_000), cfg.task.n_test, seed=cfg.seed)
+    _check_lengths(tokenizer, train[:1000] + val, model, rc.max_new_tokens)
+    section = rl_section(cfg, init)
+    work = stage_work_dir(cfg, "rl", section)
+    ckpt_dir, hf_dir = work / "lightning", work / "hf"
+    resume = ckpt_dir / "last.ckpt"
+    if resume.exists():
+        check_resume_checkpoint(resume)
+        print(f"rl: resuming from {resume}")
+
+    tracker, run_id = ctx.tracker, ctx.run_id
+    tracker.log_params(run_id, flatten(section | {"trainer": tc.model_dump(), "init_from": init}))
+    tracker.log_params(run_id, {"model.n_params": str(n_params(model)), "task.n_train": str(len(train))})
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if rc.beta > 0 else None
+    updates = rc.ppo_epochs * rc.minibatches
+
+    def export(step: int) -> None:  # HF checkpoint of the current policy (rank 0 writes)
+        with full_parameters(model):
+            if is_rank_zero():
+                save_hf(model, tokenizer, hf_dir)
+                write_json(hf_dir / "thinkflow.json", {"stage": "rl", "rl_step": step, "init_from": init})
+
+    with ExitStack() as stack:
+        policy = _policy(rc.backend, model, tokenizer, work, stack)
+        module = GRPOModule(
+            model, tokenizer, task, train, val, rc, cfg.seed, policy, tracker, run_id, ref_model=ref_model,
+            ckpt_hook=export, ckpt_dir=str(ckpt_dir),
+        )  # fmt: skip
+        trainer = pl.Trainer(
+            accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes,
+            strategy=build_strategy(tc, rc.grad_clip), precision=tc.precision,
+            max_steps=rc.max_steps * updates, logger=False, use_distributed_sampler=False,
+            callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=rc.ckpt_every * updates, save_last=True)],
+            enable_progress_bar=tc.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
+            limit_val_batches=0, default_root_dir=str(work),
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        steps = DataLoader(range(rc.max_steps), batch_size=1)  # one item per RL step; prompts come from the step
+        trainer.fit(module, train_dataloaders=steps, ckpt_path=str(resume) if resume.exists() else None,
+                    weights_only=False)  # fmt: skip
+        if not module.evals or module.evals[-1]["step"] != module.rl_step:
+            module.evaluate(module.rl_step)  # resumed a finished run: score it
+        wall = time.perf_counter() - t0
+        export(module.rl_step)
+    return _finish(cfg, ctx, module, work, hf_dir, wall)
+
+
+def _policy(backend: str, model, tokenizer, work: Path, stack: ExitStack):
+    if backend == "hf":
+        return InProcessPolicy()
+    from thinkflow.inference.vllm_server import VLLMEngine, VLLMServer
+
+    serve_dir = save_hf(model, tokenizer, work / "policy")
+    server = stack.enter_context(VLLMServer(serve_dir))
+    return VLLMPolicy(server, VLLMEngine(server.base_url, tokenizer, server=server), serve_dir)
+
+
+def _finish(cfg: PipelineConfig, ctx: StageContext, module: GRPOModule, work: Path, hf_dir: Path, wall: float):
+    first, last = module.evals[0], module.evals[-1]
+    result = {
+        "stage": "rl", "run_id": ctx.run_id, "checkpoint": str(hf_dir), "steps": module.rl_step,
+        "val_acc": last["val_acc"], "val_pass@1": last["val_pass@1"],
+        "val_acc_start": first["val_acc"], "val_pass@1_start": first["val_pass@1"],
+        "gain_pass@1": last["val_pass@1"] - first["val_pass@1"], "n_val": last["n_val"],
+        "eval_samples": last["eval_samples"], "wall_s": wall,
+    }  # fmt: skip
+    if not is_rank_zero():
+        return result
+    tracker, run_id = ctx.tracker, ctx.run_id
+    tracker.log_metrics(
+        run_id,
+        {"rl/wall_s": wall, "rl/gain_pass@1": result["gain_pass@1"], "rl/gain_acc": last["val_acc"] - first["val_acc"]},
+    )
+    if module.sample_rows:
+        tracker.log_table(run_id, module.sample_rows, "samples/rollouts.json")
+    tracker.log_text(run_id, "\n".join(json.dumps(r) for r in module.last_val_rows), "samples/val_greedy.jsonl")
+    tracker.log_dict(run_id, {"evals": module.evals}, "rl/evals.json")
+    if cfg.tracking.log_checkpoint:
+        tracker.log_artifacts(run_id, hf_dir, "checkpoint")
+    write_json(work / "result.json", result)
+    print(
+        f"rl: held-out pass@1 {first['val_pass@1']:.3f} -> {last['val_pass@1']:.3f}, greedy "
+        f"{first['val_acc']:.3f} -> {last['val_acc']:.3f} ({last['n_val']} problems x {last['eval_samples']} samples, "
+        f"{module.rl_step} steps, {wall:.0f} s)"
+    )
+    return result
