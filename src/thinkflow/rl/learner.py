@@ -188,7 +188,7 @@ class GRPOModule(pl.LightningModule):
                 tokens += int(mb.attention_mask.sum())
                 n_tok = mb.loss_mask.sum().clamp(min=1)
                 stats["rl/loss"] += float(out.loss.detach())
-                stats["rl/kl"] += float(out.kl)
+                stats["rl/kl"] += float(out.kl.detach())
                 stats["rl/clip_frac"] += out.clip_frac
                 stats["rl/ratio"] += out.ratio_mean
                 stats["rl/entropy"] += float((entropy.detach() * mb.loss_mask).sum() / n_tok)
