@@ -120,4 +120,4 @@ def test_cli_sweep_runs_one_pipeline_per_job(tmp_path):
     _, runs = _runs(tmp_path)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert sorted(r.data.params["pretrain.max_steps"] for r in parents) == ["10", "20"]
-    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 4
+    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 6  # 2 x (parent, pretrain, rl)
