@@ -23,6 +23,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from prefect import flow, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
 from thinkflow.config import validate  # noqa: E402
@@ -34,7 +35,10 @@ def _stage_task(name: str):
     # stdout to disassemble functions, and Prefect's print capture floods the log with it.
     @task(name=name, task_run_name=name, log_prints=False)
     def _run(config: dict, parent_run_id: str, upstream: dict) -> dict:
-        return run_stage(name, config, parent_run_id, upstream, flow_run.get_id())
+        result = run_stage(name, config, parent_run_id, upstream, flow_run.get_id())
+        if "summary_md" in result:  # a stage's summary table, shown on the flow run in the Prefect UI
+            create_markdown_artifact(markdown=result.pop("summary_md"), key=f"{name.replace('_', '-')}-summary")
+        return result
 
     return _run
 

@@ -164,6 +164,39 @@ class RLConfig(_Strict):
         return self
 
 
+class VerifierConfig(_Strict):
+    train_problems: int = Field(256, ge=8)  # training problems whose samples teach the verifier
+    samples: int = Field(8, ge=1)
+
+
+class TTCConfig(_Strict):
+    checkpoints: list[Literal["pretrain", "rl"]] = ["pretrain", "rl"]  # upstream stages to evaluate
+    init_from: str | None = None  # or evaluate this HF checkpoint (named "init") instead
+    n_max: int = Field(64, ge=1)  # samples drawn once per problem
+    ks: list[int] = [1, 2, 4, 8, 16, 32, 64]
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(24, ge=1)
+    n_problems: int | None = Field(None, ge=1)  # null = task.n_test
+    vote_draws: int = Field(256, ge=1)  # random subsets per k for maj/weighted-maj estimates
+    bootstrap: int = Field(1000, ge=100)
+    verifier: VerifierConfig = VerifierConfig()
+    budgets: list[int] = [2, 5, 8, 11, 14]  # thinking-token budgets (budget forcing, greedy)
+    wait_min_think: list[int] = [16, 20]  # "Wait"-extension: minimum thinking tokens
+    answer_tokens: int = Field(8, ge=1)  # tokens allowed for the answer after forced thinking
+    difficulty_bins: int = Field(5, ge=1)
+    backend: Literal["hf", "vllm"] = "hf"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _ks(self) -> TTCConfig:
+        bad = [k for k in self.ks if not 1 <= k <= self.n_max]
+        if bad or not self.ks:
+            raise ValueError(f"ks={self.ks} must be non-empty with 1 <= k <= n_max={self.n_max} (bad: {bad})")
+        if any(b < 1 for b in self.budgets + self.wait_min_think):
+            raise ValueError("budgets and wait_min_think must be >= 1 thinking tokens")
+        return self
+
+
 class TrackingConfig(_Strict):
     uri: str | None = None
     experiment: str = Field("thinkflow", min_length=1)
@@ -185,11 +218,19 @@ class PipelineConfig(_Strict):
     tracking: TrackingConfig
     pretrain: PretrainConfig | None = None
     rl: RLConfig | None = None
+    ttc: TTCConfig | None = None
 
     @model_validator(mode="after")
     def _stages(self) -> PipelineConfig:
         if self.rl is not None and self.pretrain is None and not self.rl.init_from:
             raise ValueError("rl needs a starting checkpoint: enable pretrain or set rl.init_from")
+        if self.ttc is not None and not self.ttc.init_from:
+            missing = [c for c in self.ttc.checkpoints if getattr(self, c) is None]
+            if missing or not self.ttc.checkpoints:
+                raise ValueError(
+                    f"ttc.checkpoints={self.ttc.checkpoints} names stages that do not run ({missing}); "
+                    "drop them or set ttc.init_from"
+                )
         if self.rl is not None and self.rl.backend == "vllm" and self.trainer.world_size > 1:
             raise ValueError("rl.backend=vllm runs single-process; use backend=hf with several devices")
         return self

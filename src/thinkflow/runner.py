@@ -17,10 +17,18 @@ from thinkflow.pretrain.stage import run_pretrain
 from thinkflow.rl.stage import run_rl
 from thinkflow.stages import StageContext
 from thinkflow.tracking import FLOW_RUN_TAG, STAGE_TAG, Tracker, flatten, resolve_uri
+from thinkflow.ttc.stage import run_ttc_eval
 
 StageFn = Callable[[PipelineConfig, StageContext], dict]
-HEADLINE_KEYS = ("val_acc", "val_pass@1")  # stage result keys repeated on the parent run as <stage>/<key>
-STAGES: dict[str, StageFn] = {"pretrain": run_pretrain, "rl": run_rl}
+HEADLINE_KEYS = (
+    "val_acc",
+    "val_pass@1",
+    "pass_at_1",
+    "maj_at_16",
+    "maj_gain",
+)  # stage result keys repeated on the parent run as <stage>/<key>
+STAGES: dict[str, StageFn] = {"pretrain": run_pretrain, "rl": run_rl, "ttc_eval": run_ttc_eval}
+SECTIONS = {"ttc_eval": "ttc"}  # config section of a stage, where it differs from the stage name
 
 log = logging.getLogger("thinkflow")
 
@@ -30,7 +38,7 @@ def open_tracker(cfg: PipelineConfig) -> Tracker:
 
 
 def enabled_stages(cfg: PipelineConfig) -> list[str]:
-    return [name for name in STAGES if getattr(cfg, name, None) is not None]
+    return [name for name in STAGES if getattr(cfg, SECTIONS.get(name, name), None) is not None]
 
 
 def start_pipeline_run(config: dict, flow_run_id: str | None) -> str:

@@ -11,6 +11,9 @@ from mlflow import MlflowClient
 
 from tests.conftest import ROOT, compose
 
+# a format reward gives the 20-step tiny model some reward variance (signal) to learn from
+RL_SIGNAL = ["rl.reward.format_weight=1.0", "rl.prompts_per_step=8"]
+
 
 def _runs(root):
     client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
@@ -27,7 +30,7 @@ def test_pipeline_parent_and_stage_runs(tmp_path, prefect_server):
     client, runs = _runs(tmp_path)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = {r.data.tags["stage"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
-    assert len(parents) == 1 and sorted(children) == ["pretrain", "rl"]
+    assert len(parents) == 1 and sorted(children) == ["pretrain", "rl", "ttc_eval"]
     parent, child = parents[0], children["pretrain"]
     assert result["parent_run_id"] == parent.info.run_id
     flow_run_id = parent.data.tags["prefect.flow_run_id"]
@@ -36,6 +39,14 @@ def test_pipeline_parent_and_stage_runs(tmp_path, prefect_server):
         assert flow_run_id and run.data.tags["prefect.flow_run_id"] == flow_run_id
         assert run.info.status == "FINISHED"
     assert parent.info.status == "FINISHED"
+
+    # the ttc_eval summary table is a Prefect markdown artifact of the flow run
+    from prefect.artifacts import Artifact
+
+    artifact = Artifact.get("ttc-eval-summary")
+    assert artifact is not None and str(artifact.flow_run_id) == flow_run_id
+    assert "held-out problems x 8 samples" in artifact.data and "summary_md" not in result["ttc_eval"]
+    assert {"ttc_eval/pass_at_1", "rl/val_pass_at_1", "pretrain/val_acc"} <= set(parent.data.metrics)
 
     # The full resolved config: flattened params on the parent, an artifact too.
     assert parent.data.params["pretrain.max_steps"] == "20"
@@ -68,8 +79,7 @@ def test_rl_stage_logs_learns_from_and_exports_a_checkpoint(tmp_path, prefect_se
     from flows.pipeline import pipeline
     from thinkflow.models import load_checkpoint
 
-    # a format reward gives the 20-step tiny model some reward variance (signal) to learn from
-    config = compose(["seed=1", "rl.reward.format_weight=1.0", "rl.prompts_per_step=8"], root=tmp_path)
+    config = compose(["seed=1", *RL_SIGNAL], root=tmp_path)
     result = pipeline(config)
     client, runs = _runs(tmp_path)
     rl = next(r for r in runs if r.data.tags.get("stage") == "rl")
@@ -120,4 +130,38 @@ def test_cli_sweep_runs_one_pipeline_per_job(tmp_path):
     _, runs = _runs(tmp_path)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert sorted(r.data.params["pretrain.max_steps"] for r in parents) == ["10", "20"]
-    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 6  # 2 x (parent, pretrain, rl)
+    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 8  # 2 x (parent, pretrain, rl, ttc_eval)
+
+
+@pytest.mark.slow
+def test_pipeline_on_two_processes_with_zero3(tmp_path, prefect_server):
+    """trainer=cpu_zero3: the Prefect tasks launch pretrain and rl on 2 ranks (torchrun), rank 0 logs."""
+    from flows.pipeline import pipeline
+    from thinkflow.models import load_checkpoint
+
+    config = compose(["trainer=cpu_zero3", "trainer.progress_bar=false", *RL_SIGNAL], root=tmp_path)
+    result = pipeline(config)
+    client, runs = _runs(tmp_path)
+    stages = {r.data.tags["stage"]: r for r in runs if "stage" in r.data.tags}
+    assert sorted(stages) == ["pretrain", "rl", "ttc_eval"] and all(r.info.status == "FINISHED" for r in runs)
+    rl = stages["rl"]
+    assert rl.data.params["world_size"] == "2" and rl.data.params["deepspeed.stage"] == "3"
+    # logged once per RL step (rank 0 only), and the evaluation covered every held-out problem across ranks
+    assert [m.step for m in client.get_metric_history(rl.info.run_id, "rl/loss")] == [1, 2, 3, 4]
+    assert result["rl"]["n_val"] == config["task"]["n_test"]
+    for stage in ("pretrain", "rl"):  # whole (gathered) weights in the HF exports
+        model, _ = load_checkpoint(result[stage]["checkpoint"])
+        assert all(p.numel() > 0 for p in model.parameters())
+    launch_logs = list((tmp_path / "mlruns" / "work" / "launch").glob("*/launch.log"))
+    assert len(launch_logs) == 2
+
+
+@pytest.mark.slow
+def test_a_failing_rank_fails_the_stage_with_its_output(tmp_path):
+    from thinkflow.distributed.launch import LaunchError
+    from thinkflow.runner import run_stage, start_pipeline_run
+
+    config = compose(["trainer=cpu_zero2", f"rl.init_from={tmp_path / 'absent'}"], root=tmp_path)
+    config["pretrain"] = None
+    with pytest.raises(LaunchError, match=r"(?s)rl on 2 processes failed.*starting checkpoint .*absent is missing"):
+        run_stage("rl", config, start_pipeline_run(config, None), {}, None)

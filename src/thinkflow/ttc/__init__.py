@@ -1,0 +1,1 @@
+"""Test-time-compute evaluation: one stored table of samples, every strategy's curve from it."""

@@ -1,0 +1,133 @@
+"""Accuracy-at-k estimators over one stored table of N samples per problem.
+
+Every curve comes from the same samples for all k <= N (never re-sampled per k):
+
+- ``pass_at_k``: unbiased 1 - C(n-c, k) / C(n, k) (coverage: an oracle picks).
+- ``best_of_k``: exact expectation, over uniformly random size-k subsets, of the correctness of
+  the highest-scored sample; tied scores split fairly (the tie group's mean correctness).
+- ``vote_at_k``: majority vote (weights 1) or weighted majority (weights = scores) over random
+  size-k subsets, ties split fairly; exact by enumeration when C(n, k) is small, otherwise a
+  fixed-seed estimate over ``draws`` random subsets (nested prefixes of random permutations,
+  so one draw serves every k). Samples without an answer never vote; a subset with no votes
+  is wrong.
+
+Shapes: one problem at a time, ``n`` samples; the vectorised forms take (P, n) arrays.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+
+class EstimatorError(ValueError):
+    """Impossible estimator input (k above the samples drawn, empty tables, unknown names)."""
+
+
+def _check_k(k: int, n: int) -> None:
+    if n < 1:
+        raise EstimatorError("no samples for this problem (n = 0)")
+    if not 1 <= k <= n:
+        raise EstimatorError(f"k={k} needs 1 <= k <= n, but only n={n} samples were drawn per problem")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Probability that at least one of k samples drawn without replacement is correct."""
+    _check_k(k, n)
+    if n - c < k:
+        return 1.0
+    # C(n-c, k) / C(n, k) as a product: stable for large n
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def best_of_k(correct: np.ndarray, scores: np.ndarray, k: int) -> float:
+    """Expected correctness of the top-scored sample of a random size-k subset (exact)."""
+    n = len(correct)
+    _check_k(k, n)
+    order = np.argsort(-scores, kind="stable")
+    s, c = scores[order], correct[order].astype(float)
+    # ties: every member of a tied group carries the group's mean correctness
+    _, start, counts = np.unique(-s, return_index=True, return_counts=True)
+    for a, m in zip(start, counts, strict=True):
+        c[a : a + m] = c[a : a + m].mean()
+    # P(the sample at sorted position i is the max of the subset) = C(n-1-i, k-1) / C(n, k)
+    weights = np.array([math.comb(n - 1 - i, k - 1) for i in range(n)], dtype=float) / math.comb(n, k)
+    return float((weights * c).sum())
+
+
+def _winner_correct(answer_ids: np.ndarray, weights: np.ndarray, correct_ids: set[int]) -> float:
+    """Expected correctness of the (weighted) vote of one subset, ties split fairly."""
+    totals: dict[int, float] = {}
+    for a, w in zip(answer_ids.tolist(), weights.tolist(), strict=True):
+        if a >= 0:
+            totals[a] = totals.get(a, 0.0) + w
+    if not totals:
+        return 0.0
+    best = max(totals.values())
+    top = [a for a, t in totals.items() if math.isclose(t, best, rel_tol=1e-9, abs_tol=1e-12)]
+    return sum(a in correct_ids for a in top) / len(top)
+
+
+def vote_at_k(
+    answer_ids: np.ndarray,  # (n,) int answer class per sample, -1 = no answer
+    correct_ids: set[int],  # the answer classes that are correct
+    ks: list[int],
+    weights: np.ndarray | None = None,  # (n,) vote weight per sample; None = plain majority
+    draws: int = 256,
+    exact_limit: int = 2000,
+    seed: int = 0,
+) -> dict[int, float]:
+    n = len(answer_ids)
+    for k in ks:
+        _check_k(k, n)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+    out: dict[int, float] = {}
+    sampled = [k for k in ks if math.comb(n, k) > exact_limit]
+    for k in ks:
+        if k not in sampled:  # enumerate every subset
+            subsets = itertools.combinations(range(n), k)
+            vals = [_winner_correct(answer_ids[list(s)], w[list(s)], correct_ids) for s in subsets]
+            out[k] = float(np.mean(vals))
+    if sampled:
+        out |= _vote_by_prefixes(answer_ids, correct_ids, sampled, w, draws, seed)
+    return {k: out[k] for k in ks}  # in the order asked
+
+
+def _vote_by_prefixes(answer_ids, correct_ids, ks, w, draws, seed) -> dict[int, float]:
+    """Fixed-seed estimate: each random permutation's first k samples are one size-k subset."""
+    n = len(answer_ids)
+    classes = sorted({int(a) for a in answer_ids if a >= 0})
+    if not classes:
+        return {k: 0.0 for k in ks}
+    col = {a: i for i, a in enumerate(classes)}
+    votes = np.zeros((n, len(classes)))  # (n, A) one-hot weighted votes
+    for i, a in enumerate(answer_ids.tolist()):
+        if a >= 0:
+            votes[i, col[a]] = w[i]
+    good = np.array([a in correct_ids for a in classes], dtype=float)  # (A,)
+    rng = np.random.default_rng(seed)
+    perms = np.argsort(rng.random((draws, n)), axis=1)  # (R, n)
+    totals = votes[perms].cumsum(axis=1)  # (R, n, A): running totals of each prefix
+    out = {}
+    for k in ks:
+        t = totals[:, k - 1]  # (R, A)
+        best = t.max(axis=1, keepdims=True)
+        top = np.isclose(t, best, rtol=1e-9, atol=1e-12) & (best > 0)  # tied winners
+        n_top = top.sum(axis=1)
+        share = np.where(n_top > 0, (top * good).sum(axis=1) / np.maximum(n_top, 1), 0.0)
+        out[k] = float(share.mean())
+    return out
+
+
+def bootstrap_ci(per_problem: np.ndarray, resamples: int = 1000, seed: int = 0, level: float = 0.95):
+    """Percentile bootstrap CI of the mean over problems: (low, high)."""
+    x = np.asarray(per_problem, dtype=float)
+    if x.size == 0:
+        raise EstimatorError("bootstrap over an empty problem set")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(resamples, x.size))
+    means = x[idx].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)

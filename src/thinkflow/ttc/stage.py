@@ -1,0 +1,196 @@
+"""The ``ttc_eval`` stage: accuracy as a function of inference compute, per strategy, per checkpoint.
+
+    python flows/pipeline.py                                   # pretrain -> rl -> ttc_eval
+    python flows/pipeline.py ttc.n_max=16 "ttc.ks=[1,2,4,8,16]"
+    python flows/pipeline.py "~pretrain" "~rl" ttc.init_from=path/to/hf     # any checkpoint alone
+
+For every checkpoint (pretrain and RL by default, on the same plots): draw ``n_max`` samples per
+held-out problem once, store them (``ttc/<ckpt>/samples.csv``), score them with a learned
+verifier trained on samples of training problems, compute every parallel strategy's curve for
+all k from that table, run the sequential strategies (thinking budgets, Wait-extension), and the
+compute-optimal allocation. Metrics ``ttc/<ckpt>/<strategy>_at_k`` with step=k, PNG plots with
+95% CIs, a CSV of every point, and a markdown summary (also a Prefect artifact).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from thinkflow.config import ConfigError, PipelineConfig
+from thinkflow.inference import open_engine
+from thinkflow.stages import StageContext, config_key, stage_work_dir
+from thinkflow.tasks import build_task
+from thinkflow.tracking import write_json
+from thinkflow.ttc.allocation import compute_optimal, compute_saving, difficulty_bins
+from thinkflow.ttc.curves import VERIFIER_SCORED, curve_points, per_problem, problem_compute
+from thinkflow.ttc.flops import FlopModel
+from thinkflow.ttc.plots import accuracy_vs, budget_plot
+from thinkflow.ttc.sequential import budget_points
+from thinkflow.ttc.table import sample_table
+from thinkflow.ttc.verifier import LearnedVerifier, sample_stats
+
+
+def checkpoints_to_evaluate(cfg: PipelineConfig, upstream: dict) -> dict[str, str]:
+    if cfg.ttc.init_from:
+        return {"init": cfg.ttc.init_from}
+    found = {name: upstream.get(name, {}).get("checkpoint") for name in cfg.ttc.checkpoints}
+    missing = [n for n, path in found.items() if not path or not (Path(path) / "config.json").exists()]
+    if missing:
+        raise ConfigError(f"ttc_eval: no checkpoint from {missing} (did those stages run?); or set ttc.init_from")
+    return found
+
+
+def run_ttc_eval(cfg: PipelineConfig, ctx: StageContext) -> dict:
+    tc = cfg.ttc
+    task = build_task(cfg.task.name, cfg.task.difficulty, cfg.task.source)
+    n_problems = tc.n_problems or cfg.task.n_test
+    train, problems = task.splits(tc.verifier.train_problems, n_problems, seed=cfg.seed)
+    ckpts = checkpoints_to_evaluate(cfg, ctx.upstream)
+    work = stage_work_dir(cfg, "ttc_eval", {"ttc": tc.model_dump(), "task": cfg.task.model_dump(),
+                                            "ckpts": config_key(ckpts), "seed": cfg.seed})  # fmt: skip
+    ctx.tracker.log_params(ctx.run_id, {f"ttc.{k}": str(v) for k, v in tc.model_dump().items()} |
+                           {f"checkpoint.{n}": p for n, p in ckpts.items()})  # fmt: skip
+    t0 = time.perf_counter()
+    points, budgets, tables, summaries = [], [], {}, {}
+    for name, path in ckpts.items():
+        pts, bud, table, summary = _evaluate(cfg, ctx, task, train, problems, name, path, work)
+        points.append(pts)
+        budgets.append(bud)
+        tables[name], summaries[name] = table, summary
+    points, budgets = pd.concat(points, ignore_index=True), pd.concat(budgets, ignore_index=True)
+    wall = time.perf_counter() - t0
+    return _finish(cfg, ctx, work, points, budgets, summaries, wall)
+
+
+def _evaluate(cfg, ctx, task, train, problems, name, path, work):
+    tc = cfg.ttc
+    with open_engine(tc.backend, path) as engine:
+        model = engine.model if hasattr(engine, "model") else None
+        table, gen_wall = sample_table(engine, task, problems, tc.n_max, tc.temperature, tc.max_new_tokens, tc.seed)
+        flop_model = FlopModel.from_config(_model_config(path))
+        verifier_note = "no verifier (backend without model weights)"
+        if model is not None:
+            verifier = LearnedVerifier(model, engine.tokenizer).fit(
+                engine, task, train, tc.verifier.samples, tc.max_new_tokens, seed=tc.seed + 1
+            )
+            prompts = {p.id: p.prompt for p in problems}
+            stats = sample_stats(table["logprob_mean"], table["logprob_min"], table["gen_tokens"], table["has_answer"])
+            table["verifier"] = verifier.score(
+                [prompts[i] for i in table["problem_id"]], list(table["text"]), stats
+            ).numpy()
+            verifier_note = f"learned verifier train accuracy {verifier.train_acc:.3f}"
+        budgets = budget_points(engine, task, problems, name, flop_model, tc.max_new_tokens, tc.budgets,
+                                tc.wait_min_think, tc.bootstrap, tc.answer_tokens)  # fmt: skip
+    print(f"ttc_eval: {name}: {len(problems)} problems x {tc.n_max} samples in {gen_wall:.1f} s; {verifier_note}")
+    t0 = time.perf_counter()
+    curves = per_problem(table, tc.ks, tc.vote_draws, tc.seed)
+    compute = problem_compute(table, flop_model, gen_wall)
+    points = curve_points(name, curves, compute, tc.ks, tc.n_max, tc.bootstrap, tc.seed)
+    allocation = _allocation(curves, compute, tc.ks, table, tc.difficulty_bins)
+    scoring_s = time.perf_counter() - t0
+    table.to_csv(work / f"samples_{name}.csv", index=False)
+    _log_checkpoint(ctx, name, points, budgets, allocation, work)
+    summary = _summary(points, budgets, allocation, gen_wall, scoring_s)
+    return points, budgets, table, summary
+
+
+def _model_config(path: str):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path)
+
+
+def _allocation(curves, compute, ks, table, bins):
+    flops = {
+        s: np.stack([compute["prompt_flops"].to_numpy() + k * (compute["sample_flops"].to_numpy()
+                     + (compute["verify_flops"].to_numpy() if s in VERIFIER_SCORED else 0)) for k in ks], axis=1)
+        for s in curves
+    }  # fmt: skip
+    rate = table.groupby("problem_id", sort=False)["correct"].mean().to_numpy()
+    budgets = sorted({float(flops["bon" if "bon" in flops else "maj"][:, j].mean()) for j in range(len(ks))})
+    base = "bon" if "bon" in curves else "bon_logprob"
+    result = compute_optimal(curves, flops, ks, difficulty_bins(rate, bins), budgets, baseline=base)
+    best, at = result["baseline_accuracy"].max(), budgets[-1]
+    return {"table": result, "baseline": base, "saving": compute_saving(result, best, at)}
+
+
+def _log_checkpoint(ctx, name, points, budgets, allocation, work: Path) -> None:
+    tracker, run_id = ctx.tracker, ctx.run_id
+    for _, r in points.iterrows():
+        tracker.log_metrics(run_id, {f"ttc/{name}/{r.strategy}_at_k": r.accuracy}, step=int(r.k))
+    for k, g in points[points.strategy == "maj"].groupby("k"):
+        tracker.log_metrics(run_id, {f"ttc/{name}/flops_at_k": float(g.flops.iloc[0])}, step=int(k))
+    for _, r in budgets.iterrows():
+        tracker.log_metrics(run_id, {f"ttc/{name}/{r.strategy}_acc": r.accuracy}, step=int(r.knob))
+    allocation["table"].to_csv(work / f"allocation_{name}.csv", index=False)
+
+
+def _summary(points, budgets, allocation, gen_wall, scoring_s) -> dict:
+    acc = {(r.strategy, int(r.k)): r for r in points.itertuples()}
+    ks = sorted({int(k) for k in points.k})
+    k16 = 16 if 16 in ks else ks[-1]
+    return {
+        "pass_at_1": acc[("pass", 1)].accuracy, f"maj_at_{k16}": acc[("maj", k16)].accuracy,
+        "maj_k": k16, "maj_ci": (acc[("maj", k16)].ci_low, acc[("maj", k16)].ci_high),
+        "pass_at_1_ci": (acc[("pass", 1)].ci_low, acc[("pass", 1)].ci_high),
+        f"pass_at_{ks[-1]}": acc[("pass", ks[-1])].accuracy,
+        "generation_s": gen_wall, "scoring_s": scoring_s,
+        "compute_saving": allocation["saving"], "baseline": allocation["baseline"],
+        "best_budget_acc": float(budgets.accuracy.max()),
+    }  # fmt: skip
+
+
+def _finish(cfg, ctx, work, points, budgets, summaries, wall) -> dict:
+    tracker, run_id = ctx.tracker, ctx.run_id
+    points.to_csv(work / "points.csv", index=False)
+    budgets.to_csv(work / "budget_points.csv", index=False)
+    accuracy_vs(points, "k", work / "accuracy_vs_k.png", "Accuracy vs samples per problem")
+    accuracy_vs(points, "flops", work / "accuracy_vs_flops.png", "Accuracy vs inference FLOPs")
+    accuracy_vs(points, "gen_tokens", work / "accuracy_vs_tokens.png", "Accuracy vs generated tokens")
+    budget_plot(budgets, work / "accuracy_vs_thinking_tokens.png")
+    markdown = summary_markdown(points, budgets, summaries)
+    (work / "summary.md").write_text(markdown)
+    tracker.log_artifacts(run_id, work, "ttc")
+    last = list(summaries)[-1]
+    s = summaries[last]
+    k = s["maj_k"]
+    headline = {
+        "pass_at_1": s["pass_at_1"],
+        f"maj_at_{k}": s[f"maj_at_{k}"],
+        "maj_gain": s[f"maj_at_{k}"] - s["pass_at_1"],
+    }
+    tracker.log_metrics(run_id, {"ttc/wall_s": wall} | {f"ttc/{last}/maj_gain": headline["maj_gain"]})
+    result = {"stage": "ttc_eval", "run_id": run_id, "table": str(work / "points.csv"), "wall_s": wall,
+              "summary_md": markdown, "checkpoints": list(summaries), "summaries": summaries} | headline  # fmt: skip
+    write_json(work / "result.json", {k: v for k, v in result.items() if k != "summary_md"})
+    return result
+
+
+def summary_markdown(points: pd.DataFrame, budgets: pd.DataFrame, summaries: dict) -> str:
+    n_p, n_s = int(points.n_problems.iloc[0]), int(points.n_samples.iloc[0])
+    lines = [f"# Test-time compute: {n_p} held-out problems x {n_s} samples (95% bootstrap CIs)", ""]
+    ks = sorted({int(k) for k in points.k})
+    lines += ["| checkpoint | strategy | " + " | ".join(f"k={k}" for k in ks) + " |",
+              "|---|---|" + "---:|" * len(ks)]  # fmt: skip
+    for (ckpt, strategy), g in points.groupby(["checkpoint", "strategy"], sort=False):
+        cells = [f"{r.accuracy:.3f} [{r.ci_low:.2f}, {r.ci_high:.2f}]" for r in g.sort_values("k").itertuples()]
+        lines.append(f"| {ckpt} | {strategy} | " + " | ".join(cells) + " |")
+    lines += ["", "| checkpoint | sequential | knob | thinking tokens | accuracy |", "|---|---|---:|---:|---:|"]
+    for r in budgets.itertuples():
+        lines.append(f"| {r.checkpoint} | {r.strategy} | {r.knob} | {r.thinking_tokens:.1f} | "
+                     f"{r.accuracy:.3f} [{r.ci_low:.2f}, {r.ci_high:.2f}] |")  # fmt: skip
+    lines.append("")
+    for ckpt, s in summaries.items():
+        saving = f"{s['compute_saving']:.2f}x less compute" if s["compute_saving"] else "never"
+        k = s["maj_k"]
+        maj = s[f"maj_at_{k}"]
+        lines.append(
+            f"- {ckpt}: pass@1 {s['pass_at_1']:.3f}, maj@{k} {maj:.3f}; compute-optimal "
+            f"allocation reaches best-of-N ({s['baseline']}) accuracy with {saving}; generation "
+            f"{s['generation_s']:.1f} s, scoring every curve {s['scoring_s']:.1f} s"
+        )
+    return "\n".join(lines) + "\n"

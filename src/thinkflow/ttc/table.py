@@ -1,0 +1,39 @@
+"""Generate once, score many: N samples per problem, stored with everything a strategy needs."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+
+from thinkflow.inference import SamplingParams
+from thinkflow.tasks import Problem, Task
+
+
+def sample_table(
+    engine, task: Task, problems: list[Problem], n: int, temperature: float, max_new_tokens: int, seed: int = 0
+) -> tuple[pd.DataFrame, float]:
+    """One row per (problem, sample): text, tokens, extracted answer, correctness, log-probs.
+
+    Returns the table and the wall seconds generation took."""
+    if not problems:
+        raise ValueError("ttc_eval: the problem set is empty")
+    params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    t0 = time.perf_counter()
+    groups = engine.generate([p.prompt for p in problems], params)
+    wall = time.perf_counter() - t0
+    rows = []
+    for problem, group in zip(problems, groups, strict=True):
+        for j, s in enumerate(group):
+            answer = task.extract_answer(s.text)
+            lp = sum(s.logprobs)
+            rows.append(
+                {
+                    "problem_id": problem.id, "sample": j, "text": s.text, "prompt_tokens": s.prompt_tokens,
+                    "gen_tokens": s.gen_tokens, "answer": answer, "has_answer": answer is not None,
+                    "correct": bool(answer is not None and task.verify(s.text, problem)),
+                    "logprob_sum": lp, "logprob_mean": lp / max(1, s.gen_tokens),
+                    "logprob_min": min(s.logprobs, default=0.0),
+                }
+            )  # fmt: skip
+    return pd.DataFrame(rows), wall

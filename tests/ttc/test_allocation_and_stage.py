@@ -1,0 +1,71 @@
+"""Compute-optimal selection on a constructed table; the ttc_eval stage end to end on a tiny model."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import compose
+from thinkflow.config import ConfigError, validate
+from thinkflow.ttc.allocation import compute_optimal, compute_saving, difficulty_bins
+from thinkflow.ttc.curves import per_problem
+
+
+def test_compute_optimal_picks_the_right_strategy_per_bin():
+    # 4 easy problems: maj@1 already right; 4 hard ones: only bon@4 (which costs 4x) gets them right.
+    ks = [1, 4]
+    easy, hard = np.array([[1.0, 1.0]] * 4), np.array([[0.0, 1.0]] * 4)
+    curves = {"maj": np.vstack([easy, np.zeros((4, 2))]), "bon": np.vstack([easy * [1, 1], hard])}
+    flops = {s: np.tile([1.0, 4.0], (8, 1)) for s in curves}
+    bins = difficulty_bins(np.array([1.0] * 4 + [0.1] * 4), 2)
+    assert bins.tolist() == [0] * 4 + [1] * 4
+    table = compute_optimal(curves, flops, ks, bins, budgets=[1.0, 4.0], baseline="bon")
+    assert table["optimal_accuracy"].tolist() == [0.5, 1.0]
+    assert table["choice_by_bin"].iloc[1].split()[1] == "bon@4"  # the hard bin needs the expensive setting
+    assert compute_saving(table, baseline_best=1.0, baseline_flops=4.0) == 1.0
+    assert compute_saving(table, baseline_best=0.0, baseline_flops=4.0) is None  # nothing to match
+
+
+def test_per_problem_counts_missing_answers_as_wrong():
+    table = pd.DataFrame(
+        {
+            "problem_id": ["a"] * 4, "correct": [True, False, False, False], "answer": ["7", None, None, "8"],
+            "logprob_mean": [-0.1, -0.2, -0.3, -0.4], "logprob_sum": [-1.0, -2.0, -3.0, -4.0],
+        }
+    )  # fmt: skip
+    curves = per_problem(table, [1, 2, 4])
+    assert curves["pass"][0].tolist() == pytest.approx([0.25, 0.5, 1.0])
+    assert curves["maj"][0, 0] == pytest.approx(0.25)  # k=1: the one correct sample
+    assert curves["maj"][0, 2] == pytest.approx(0.5)  # k=4: "7" and "8" tie, None never votes
+    assert all(not np.isnan(v).any() for v in curves.values())
+
+
+def test_ttc_config_errors_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"ks=\[1, 128\] must be non-empty with 1 <= k <= n_max=64"):
+        validate(compose(["ttc.ks=[1,128]"], root=tmp_path, tiny=False))
+    with pytest.raises(ConfigError, match="ttc.checkpoints"):
+        validate(compose(["ttc.checkpoints=[pretrain,rl]"], root=tmp_path) | {"rl": None})
+    with pytest.raises(ConfigError, match="Input should be 'pretrain' or 'rl'"):
+        validate(compose(["ttc.checkpoints=[sft]"], root=tmp_path))
+
+
+def test_ttc_eval_stage_on_a_tiny_checkpoint(tmp_path):
+    from mlflow import MlflowClient
+
+    from thinkflow.runner import run_stage, start_pipeline_run
+
+    config = compose(["seed=1", "~rl"], root=tmp_path) | {"rl": None}
+    config["ttc"]["checkpoints"] = ["pretrain"]
+    parent = start_pipeline_run(config, None)
+    up = {"pretrain": run_stage("pretrain", config, parent, {}, None)}
+    result = run_stage("ttc_eval", config, parent, up, None)
+    points = pd.read_csv(result["table"])
+    assert set(points.strategy) == {"pass", "maj", "bon", "bon_logprob", "weighted_maj", "weighted_maj_logprob"}
+    assert sorted(set(points.k)) == [1, 2, 4, 8] and (points.n_problems == 16).all() and (points.n_samples == 8).all()
+    assert (points.ci_low <= points.accuracy).all() and (points.accuracy <= points.ci_high).all()
+    assert points.groupby("strategy").flops.is_monotonic_increasing.all()
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    history = client.get_metric_history(result["run_id"], "ttc/pretrain/maj_at_k")
+    assert [m.step for m in history] == [1, 2, 4, 8]
+    names = {a.path for a in client.list_artifacts(result["run_id"], "ttc")}
+    assert {"ttc/points.csv", "ttc/accuracy_vs_flops.png", "ttc/samples_pretrain.csv", "ttc/summary.md"} <= names
+    assert "16 held-out problems x 8 samples" in result["summary_md"]
