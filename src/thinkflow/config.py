@@ -169,6 +169,13 @@ class VerifierConfig(_Strict):
     samples: int = Field(8, ge=1)
 
 
+class SearchConfig(_Strict):
+    widths: list[int] = [1, 2, 4]  # beam widths; [] = no search
+    expand: int = Field(4, ge=1)  # sampled next steps per beam
+    max_steps: int = Field(12, ge=1)
+    step_tokens: int = Field(8, ge=1)  # token cap of one step
+
+
 class TTCConfig(_Strict):
     checkpoints: list[Literal["pretrain", "rl"]] = ["pretrain", "rl"]  # upstream stages to evaluate
     init_from: str | None = None  # or evaluate this HF checkpoint (named "init") instead
@@ -177,13 +184,14 @@ class TTCConfig(_Strict):
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(24, ge=1)
     n_problems: int | None = Field(None, ge=1)  # null = task.n_test
-    vote_draws: int = Field(256, ge=1)  # random subsets per k for maj/weighted-maj estimates
+    vote_draws: int = Field(128, ge=1)  # random subsets per k for maj/weighted-maj estimates
     bootstrap: int = Field(1000, ge=100)
     verifier: VerifierConfig = VerifierConfig()
     budgets: list[int] = [2, 5, 8, 11, 14]  # thinking-token budgets (budget forcing, greedy)
     wait_min_think: list[int] = [16, 20]  # "Wait"-extension: minimum thinking tokens
     answer_tokens: int = Field(8, ge=1)  # tokens allowed for the answer after forced thinking
     difficulty_bins: int = Field(5, ge=1)
+    search: SearchConfig = SearchConfig()
     backend: Literal["hf", "vllm"] = "hf"
     seed: int = 0
 

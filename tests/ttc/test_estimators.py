@@ -115,3 +115,19 @@ def test_flops_match_a_hand_computation():
     expected = 2 * fm.matmul_params * 5 + 4 * 4 * 128 * (1 + 2 + 3 + 4 + 5)
     assert fm.sequence(3, 2) == pytest.approx(expected)
     assert math.isclose(fm.tokens(1, 0), 0.0)
+
+
+def test_batched_votes_agree_with_the_per_problem_enumeration():
+    from thinkflow.ttc.estimators import vote_at_k_batch
+
+    rng = np.random.default_rng(3)
+    p, n, ks = 6, 9, [1, 2, 3, 5, 9]
+    ids = rng.integers(-1, 3, size=(p, n))
+    good = np.zeros((p, 3), dtype=bool)
+    good[:, 0] = True
+    weights = rng.choice([0.2, 0.5, 1.0], size=(p, n))
+    for w in (None, weights):
+        batch = vote_at_k_batch(ids, good, ks, w, draws=4000, seed=0)
+        for i in range(p):
+            exact = vote_at_k(ids[i], {0}, ks, None if w is None else w[i])  # C(9, k) small: enumerated
+            assert batch[i] == pytest.approx([exact[k] for k in ks], abs=0.03)

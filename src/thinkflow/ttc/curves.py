@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from thinkflow.ttc.estimators import EstimatorError, best_of_k, bootstrap_ci, pass_at_k, vote_at_k
+from thinkflow.ttc.estimators import EstimatorError, best_of_k, bootstrap_cis, pass_at_k, vote_at_k_batch
 from thinkflow.ttc.flops import FlopModel
 
 STRATEGIES = ("pass", "maj", "bon", "bon_logprob", "weighted_maj", "weighted_maj_logprob")
@@ -30,31 +30,42 @@ def per_problem(table: pd.DataFrame, ks: list[int], draws: int = 256, seed: int 
     """strategy -> (P, len(ks)) expected correctness of each problem at each k."""
     if table.empty:
         raise EstimatorError("the sample table is empty")
-    has_verifier = "verifier" in table.columns
-    out = {s: [] for s in STRATEGIES if has_verifier or s not in VERIFIER_SCORED}
-    for i, (_, g) in enumerate(table.groupby("problem_id", sort=False)):
-        correct = g["correct"].to_numpy(bool)
-        n, c = len(g), int(correct.sum())
-        answers = [None if pd.isna(a) else str(a) for a in g["answer"]]  # pandas stores None as NaN
+    groups = [g for _, g in table.groupby("problem_id", sort=False)]
+    n = len(groups[0])
+    if any(len(g) != n for g in groups):
+        raise EstimatorError("every problem needs the same number of samples in the table")
+    ids, good = _answer_classes(groups)
+    correct = np.stack([g["correct"].to_numpy(bool) for g in groups])  # (P, n)
+    logprob_mean = np.stack([g["logprob_mean"].to_numpy(float) for g in groups])
+    seq_prob = np.exp(np.stack([g["logprob_sum"].to_numpy(float) for g in groups]))
+    c = correct.sum(axis=1)
+    out = {
+        "pass": np.array([[pass_at_k(n, int(ci), k) for k in ks] for ci in c]),
+        "maj": vote_at_k_batch(ids, good, ks, None, draws, seed),
+        "bon_logprob": np.array([best_of_k(cr, lp, list(ks)) for cr, lp in zip(correct, logprob_mean, strict=True)]),
+        "weighted_maj_logprob": vote_at_k_batch(ids, good, ks, seq_prob, draws, seed + 1),
+    }
+    if "verifier" in table.columns:
+        score = np.stack([g["verifier"].to_numpy(float) for g in groups])
+        out["bon"] = np.array([best_of_k(cr, sc, list(ks)) for cr, sc in zip(correct, score, strict=True)])
+        out["weighted_maj"] = vote_at_k_batch(ids, good, ks, score, draws, seed + 2)
+    return {name: out[name] for name in STRATEGIES if name in out}
+
+
+def _answer_classes(groups: list[pd.DataFrame]) -> tuple[np.ndarray, np.ndarray]:
+    """(P, n) answer class ids (-1 = no answer; pandas stores None as NaN) and (P, A) correct classes."""
+    rows, goods = [], []
+    for g in groups:
+        answers = [None if pd.isna(a) else str(a) for a in g["answer"]]
         classes = {a: j for j, a in enumerate(dict.fromkeys(a for a in answers if a is not None))}
         ids = np.array([-1 if a is None else classes[a] for a in answers])
-        good = {int(x) for x in ids[correct]}
-        logprob = g["logprob_mean"].to_numpy(float)
-        rows = {
-            "pass": [pass_at_k(n, c, k) for k in ks],
-            "maj": list(vote_at_k(ids, good, ks, draws=draws, seed=seed + i).values()),
-            "bon_logprob": [best_of_k(correct, logprob, k) for k in ks],
-            "weighted_maj_logprob": list(
-                vote_at_k(ids, good, ks, np.exp(g["logprob_sum"].to_numpy(float)), draws, seed=seed + i).values()
-            ),
-        }
-        if has_verifier:
-            score = g["verifier"].to_numpy(float)
-            rows["bon"] = [best_of_k(correct, score, k) for k in ks]
-            rows["weighted_maj"] = list(vote_at_k(ids, good, ks, score, draws, seed=seed + i).values())
-        for name, values in rows.items():
-            out[name].append(values)
-    return {name: np.array(v) for name, v in out.items()}
+        rows.append(ids)
+        goods.append({int(i) for i in ids[g["correct"].to_numpy(bool)]})
+    width = max(1, max(int(r.max()) + 1 for r in rows))
+    good = np.zeros((len(rows), width), dtype=bool)
+    for p, gs in enumerate(goods):
+        good[p, list(gs)] = True
+    return np.stack(rows), good
 
 
 def problem_compute(table: pd.DataFrame, flop_model: FlopModel, gen_wall_s: float) -> pd.DataFrame:
@@ -77,19 +88,22 @@ def curve_points(
     resamples: int = 1000, seed: int = 0,
 ) -> pd.DataFrame:  # fmt: skip
     """One row per (strategy, k): accuracy, bootstrap 95% CI, and mean compute per problem."""
+    names = list(curves)
+    lo, hi = bootstrap_cis(np.concatenate([curves[n] for n in names], axis=1), resamples, seed)  # (S*K,)
     rows = []
-    for name, values in curves.items():
+    for a, name in enumerate(names):
+        values = curves[name]
         for j, k in enumerate(ks):
-            lo, hi = bootstrap_ci(values[:, j], resamples, seed)
             flops = compute["prompt_flops"] + k * compute["sample_flops"]
             if name in VERIFIER_SCORED:
                 flops = flops + k * compute["verify_flops"]
+            col = a * len(ks) + j
             rows.append(
                 {
                     "checkpoint": checkpoint, "strategy": name, "k": k, "accuracy": float(values[:, j].mean()),
-                    "ci_low": lo, "ci_high": hi, "n_problems": len(values), "n_samples": n_samples,
-                    "gen_tokens": float(k * compute["gen_tokens"].mean()), "flops": float(flops.mean()),
-                    "wall_s": float(k * compute["sample_wall_s"].mean()),
+                    "ci_low": float(lo[col]), "ci_high": float(hi[col]), "n_problems": len(values),
+                    "n_samples": n_samples, "gen_tokens": float(k * compute["gen_tokens"].mean()),
+                    "flops": float(flops.mean()), "wall_s": float(k * compute["sample_wall_s"].mean()),
                 }
             )  # fmt: skip
     return pd.DataFrame(rows)

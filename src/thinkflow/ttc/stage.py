@@ -29,6 +29,7 @@ from thinkflow.ttc.allocation import compute_optimal, compute_saving, difficulty
 from thinkflow.ttc.curves import VERIFIER_SCORED, curve_points, per_problem, problem_compute
 from thinkflow.ttc.flops import FlopModel
 from thinkflow.ttc.plots import accuracy_vs, budget_plot
+from thinkflow.ttc.search import search_points, supports_search
 from thinkflow.ttc.sequential import budget_points
 from thinkflow.ttc.table import sample_table
 from thinkflow.ttc.verifier import LearnedVerifier, sample_stats
@@ -85,12 +86,14 @@ def _evaluate(cfg, ctx, task, train, problems, name, path, work):
             verifier_note = f"learned verifier train accuracy {verifier.train_acc:.3f}"
         budgets = budget_points(engine, task, problems, name, flop_model, tc.max_new_tokens, tc.budgets,
                                 tc.wait_min_think, tc.bootstrap, tc.answer_tokens)  # fmt: skip
+        if tc.search.widths and supports_search(task):
+            sc = tc.search
+            search = search_points(engine, task, problems, name, flop_model, sc.widths, sc.expand, sc.max_steps,
+                                   sc.step_tokens, tc.bootstrap)  # fmt: skip
+            budgets = pd.concat([budgets, search], ignore_index=True)
     print(f"ttc_eval: {name}: {len(problems)} problems x {tc.n_max} samples in {gen_wall:.1f} s; {verifier_note}")
     t0 = time.perf_counter()
-    curves = per_problem(table, tc.ks, tc.vote_draws, tc.seed)
-    compute = problem_compute(table, flop_model, gen_wall)
-    points = curve_points(name, curves, compute, tc.ks, tc.n_max, tc.bootstrap, tc.seed)
-    allocation = _allocation(curves, compute, tc.ks, table, tc.difficulty_bins)
+    points, allocation = score_all(name, table, flop_model, gen_wall, tc)
     scoring_s = time.perf_counter() - t0
     table.to_csv(work / f"samples_{name}.csv", index=False)
     _log_checkpoint(ctx, name, points, budgets, allocation, work)
@@ -98,10 +101,12 @@ def _evaluate(cfg, ctx, task, train, problems, name, path, work):
     return points, budgets, table, summary
 
 
-def _model_config(path: str):
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(path)
+def score_all(name: str, table: pd.DataFrame, flop_model: FlopModel, gen_wall: float, tc) -> tuple:
+    """Every curve and the compute-optimal allocation from one stored table (no generation)."""
+    curves = per_problem(table, tc.ks, tc.vote_draws, tc.seed)
+    compute = problem_compute(table, flop_model, gen_wall)
+    points = curve_points(name, curves, compute, tc.ks, tc.n_max, tc.bootstrap, tc.seed)
+    return points, _allocation(curves, compute, tc.ks, table, tc.difficulty_bins)
 
 
 def _allocation(curves, compute, ks, table, bins):
@@ -116,6 +121,12 @@ def _allocation(curves, compute, ks, table, bins):
     result = compute_optimal(curves, flops, ks, difficulty_bins(rate, bins), budgets, baseline=base)
     best, at = result["baseline_accuracy"].max(), budgets[-1]
     return {"table": result, "baseline": base, "saving": compute_saving(result, best, at)}
+
+
+def _model_config(path: str):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path)
 
 
 def _log_checkpoint(ctx, name, points, budgets, allocation, work: Path) -> None:
@@ -179,7 +190,11 @@ def summary_markdown(points: pd.DataFrame, budgets: pd.DataFrame, summaries: dic
     for (ckpt, strategy), g in points.groupby(["checkpoint", "strategy"], sort=False):
         cells = [f"{r.accuracy:.3f} [{r.ci_low:.2f}, {r.ci_high:.2f}]" for r in g.sort_values("k").itertuples()]
         lines.append(f"| {ckpt} | {strategy} | " + " | ".join(cells) + " |")
-    lines += ["", "| checkpoint | sequential | knob | thinking tokens | accuracy |", "|---|---|---:|---:|---:|"]
+    lines += [
+        "",
+        "| checkpoint | sequential / search | knob | thinking tokens | accuracy |",
+        "|---|---|---:|---:|---:|",
+    ]
     for r in budgets.itertuples():
         lines.append(f"| {r.checkpoint} | {r.strategy} | {r.knob} | {r.thinking_tokens:.1f} | "
                      f"{r.accuracy:.3f} [{r.ci_low:.2f}, {r.ci_high:.2f}] |")  # fmt: skip
