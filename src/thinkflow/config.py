@@ -181,6 +181,9 @@ class TTCConfig(_Strict):
     init_from: str | None = None  # or evaluate this HF checkpoint (named "init") instead
     n_max: int = Field(64, ge=1)  # samples drawn once per problem
     ks: list[int] = [1, 2, 4, 8, 16, 32, 64]
+    strategies: list[Literal["pass", "maj", "bon", "bon_logprob", "weighted_maj", "weighted_maj_logprob"]] = [
+        "pass", "maj", "bon", "bon_logprob", "weighted_maj", "weighted_maj_logprob"
+    ]  # fmt: skip
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(24, ge=1)
     n_problems: int | None = Field(None, ge=1)  # null = task.n_test
@@ -200,6 +203,8 @@ class TTCConfig(_Strict):
         bad = [k for k in self.ks if not 1 <= k <= self.n_max]
         if bad or not self.ks:
             raise ValueError(f"ks={self.ks} must be non-empty with 1 <= k <= n_max={self.n_max} (bad: {bad})")
+        if not {"pass", "maj"} <= set(self.strategies):
+            raise ValueError(f"strategies={self.strategies} must include pass and maj (the stage's headline curves)")
         if any(b < 1 for b in self.budgets + self.wait_min_think):
             raise ValueError("budgets and wait_min_think must be >= 1 thinking tokens")
         return self
@@ -228,17 +233,20 @@ class PipelineConfig(_Strict):
     rl: RLConfig | None = None
     ttc: TTCConfig | None = None
 
+    @property
+    def ttc_checkpoints(self) -> list[str]:
+        """The stages in ``ttc.checkpoints`` that run in this pipeline (those are evaluated)."""
+        return [c for c in self.ttc.checkpoints if getattr(self, c) is not None] if self.ttc else []
+
     @model_validator(mode="after")
     def _stages(self) -> PipelineConfig:
         if self.rl is not None and self.pretrain is None and not self.rl.init_from:
             raise ValueError("rl needs a starting checkpoint: enable pretrain or set rl.init_from")
-        if self.ttc is not None and not self.ttc.init_from:
-            missing = [c for c in self.ttc.checkpoints if getattr(self, c) is None]
-            if missing or not self.ttc.checkpoints:
-                raise ValueError(
-                    f"ttc.checkpoints={self.ttc.checkpoints} names stages that do not run ({missing}); "
-                    "drop them or set ttc.init_from"
-                )
+        if self.ttc is not None and not self.ttc.init_from and not self.ttc_checkpoints:
+            raise ValueError(
+                f"ttc: none of ttc.checkpoints={self.ttc.checkpoints} runs in this pipeline; enable one of "
+                "those stages or set ttc.init_from"
+            )
         if self.rl is not None and self.rl.backend == "vllm" and self.trainer.world_size > 1:
             raise ValueError("rl.backend=vllm runs single-process; use backend=hf with several devices")
         return self
@@ -253,5 +261,6 @@ def validate(config: dict) -> PipelineConfig:
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"]) or "<root>"
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"  {key}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "missing" else ""))
+            shown = e["type"] != "missing" and e["loc"]  # a whole-config check names its keys itself
+            lines.append(f"  {key}: {msg}" + (f" (got {e['input']!r})" if shown else ""))
         raise ConfigError("invalid config:\n" + "\n".join(lines)) from None

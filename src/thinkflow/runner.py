@@ -29,6 +29,7 @@ HEADLINE_KEYS = (
 )  # stage result keys repeated on the parent run as <stage>/<key>
 STAGES: dict[str, StageFn] = {"pretrain": run_pretrain, "rl": run_rl, "ttc_eval": run_ttc_eval}
 SECTIONS = {"ttc_eval": "ttc"}  # config section of a stage, where it differs from the stage name
+TRAINING_STAGES = ("pretrain", "rl")  # stages that run on trainer.devices processes
 
 log = logging.getLogger("thinkflow")
 
@@ -67,12 +68,13 @@ def run_stage(name: str, config: dict, parent_run_id: str, upstream: dict, flow_
     tracker = open_tracker(cfg)
     tags = {STAGE_TAG: name, FLOW_RUN_TAG: flow_run_id or ""}
     with tracker.run(name, tags, parent_run_id=parent_run_id) as run_id:
-        if cfg.trainer.num_nodes > 1 and world_size() == 1:
+        distributed = name in TRAINING_STAGES and world_size() == 1
+        if distributed and cfg.trainer.num_nodes > 1:
             raise ConfigError(
                 f"trainer.num_nodes={cfg.trainer.num_nodes}: the flow launches processes on this node only; "
                 "for several nodes run the stage under your cluster launcher (torchrun --nnodes, SLURM)"
             )
-        if cfg.trainer.world_size > 1 and world_size() == 1:  # one process per rank, via torchrun
+        if distributed and cfg.trainer.world_size > 1:  # one process per rank, via torchrun
             spool = Path(cfg.paths.work_dir).resolve() / "launch" / run_id
             result = launch(name, config, run_id, parent_run_id, upstream, cfg.trainer.devices, spool)
         else:

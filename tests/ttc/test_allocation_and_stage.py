@@ -42,8 +42,12 @@ def test_per_problem_counts_missing_answers_as_wrong():
 def test_ttc_config_errors_are_named(tmp_path):
     with pytest.raises(ConfigError, match=r"ks=\[1, 128\] must be non-empty with 1 <= k <= n_max=64"):
         validate(compose(["ttc.ks=[1,128]"], root=tmp_path, tiny=False))
-    with pytest.raises(ConfigError, match="ttc.checkpoints"):
-        validate(compose(["ttc.checkpoints=[pretrain,rl]"], root=tmp_path) | {"rl": None})
+    with pytest.raises(ConfigError, match=r"none of ttc.checkpoints=\['rl'\] runs in this pipeline"):
+        validate(compose(["ttc.checkpoints=[rl]"], root=tmp_path) | {"rl": None})
+    with pytest.raises(ConfigError, match=r"ttc.strategies.1: Input should be 'pass', 'maj'"):
+        validate(compose(["ttc.strategies=[pass,majority]"], root=tmp_path))
+    with pytest.raises(ConfigError, match="must include pass and maj"):
+        validate(compose(["ttc.strategies=[pass,bon]"], root=tmp_path))
     with pytest.raises(ConfigError, match="Input should be 'pretrain' or 'rl'"):
         validate(compose(["ttc.checkpoints=[sft]"], root=tmp_path))
 
@@ -53,8 +57,7 @@ def test_ttc_eval_stage_on_a_tiny_checkpoint(tmp_path):
 
     from thinkflow.runner import run_stage, start_pipeline_run
 
-    config = compose(["seed=1", "~rl"], root=tmp_path) | {"rl": None}
-    config["ttc"]["checkpoints"] = ["pretrain"]
+    config = compose(["seed=1"], root=tmp_path) | {"rl": None}  # evaluates the stages that run: pretrain
     parent = start_pipeline_run(config, None)
     up = {"pretrain": run_stage("pretrain", config, parent, {}, None)}
     result = run_stage("ttc_eval", config, parent, up, None)
@@ -69,3 +72,7 @@ def test_ttc_eval_stage_on_a_tiny_checkpoint(tmp_path):
     names = {a.path for a in client.list_artifacts(result["run_id"], "ttc")}
     assert {"ttc/points.csv", "ttc/accuracy_vs_flops.png", "ttc/samples_pretrain.csv", "ttc/summary.md"} <= names
     assert "16 held-out problems x 8 samples" in result["summary_md"]
+    no_answer = client.get_metric_history(result["run_id"], "ttc/pretrain/no_answer_frac")[0].value
+    table = pd.read_csv(client.download_artifacts(result["run_id"], "ttc/samples_pretrain.csv", str(tmp_path / "dl")))
+    assert no_answer == pytest.approx(1 - table.has_answer.mean())  # counted, and they are all wrong:
+    assert not table[~table.has_answer].correct.any()

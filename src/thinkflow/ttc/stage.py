@@ -38,7 +38,7 @@ from thinkflow.ttc.verifier import LearnedVerifier, sample_stats
 def checkpoints_to_evaluate(cfg: PipelineConfig, upstream: dict) -> dict[str, str]:
     if cfg.ttc.init_from:
         return {"init": cfg.ttc.init_from}
-    found = {name: upstream.get(name, {}).get("checkpoint") for name in cfg.ttc.checkpoints}
+    found = {name: upstream.get(name, {}).get("checkpoint") for name in cfg.ttc_checkpoints}
     missing = [n for n, path in found.items() if not path or not (Path(path) / "config.json").exists()]
     if missing:
         raise ConfigError(f"ttc_eval: no checkpoint from {missing} (did those stages run?); or set ttc.init_from")
@@ -96,14 +96,14 @@ def _evaluate(cfg, ctx, task, train, problems, name, path, work):
     points, allocation = score_all(name, table, flop_model, gen_wall, tc)
     scoring_s = time.perf_counter() - t0
     table.to_csv(work / f"samples_{name}.csv", index=False)
-    _log_checkpoint(ctx, name, points, budgets, allocation, work)
+    _log_checkpoint(ctx, name, table, points, budgets, allocation, work)
     summary = _summary(points, budgets, allocation, gen_wall, scoring_s)
     return points, budgets, table, summary
 
 
 def score_all(name: str, table: pd.DataFrame, flop_model: FlopModel, gen_wall: float, tc) -> tuple:
     """Every curve and the compute-optimal allocation from one stored table (no generation)."""
-    curves = per_problem(table, tc.ks, tc.vote_draws, tc.seed)
+    curves = {s: v for s, v in per_problem(table, tc.ks, tc.vote_draws, tc.seed).items() if s in tc.strategies}
     compute = problem_compute(table, flop_model, gen_wall)
     points = curve_points(name, curves, compute, tc.ks, tc.n_max, tc.bootstrap, tc.seed)
     return points, _allocation(curves, compute, tc.ks, table, tc.difficulty_bins)
@@ -116,8 +116,8 @@ def _allocation(curves, compute, ks, table, bins):
         for s in curves
     }  # fmt: skip
     rate = table.groupby("problem_id", sort=False)["correct"].mean().to_numpy()
-    budgets = sorted({float(flops["bon" if "bon" in flops else "maj"][:, j].mean()) for j in range(len(ks))})
-    base = "bon" if "bon" in curves else "bon_logprob"
+    base = next(s for s in ("bon", "bon_logprob", "weighted_maj", "weighted_maj_logprob", "maj") if s in curves)
+    budgets = sorted({float(flops[base][:, j].mean()) for j in range(len(ks))})
     result = compute_optimal(curves, flops, ks, difficulty_bins(rate, bins), budgets, baseline=base)
     best, at = result["baseline_accuracy"].max(), budgets[-1]
     return {"table": result, "baseline": base, "saving": compute_saving(result, best, at)}
@@ -129,12 +129,14 @@ def _model_config(path: str):
     return AutoConfig.from_pretrained(path)
 
 
-def _log_checkpoint(ctx, name, points, budgets, allocation, work: Path) -> None:
+def _log_checkpoint(ctx, name, table, points, budgets, allocation, work: Path) -> None:
     tracker, run_id = ctx.tracker, ctx.run_id
     for _, r in points.iterrows():
         tracker.log_metrics(run_id, {f"ttc/{name}/{r.strategy}_at_k": r.accuracy}, step=int(r.k))
     for k, g in points[points.strategy == "maj"].groupby("k"):
         tracker.log_metrics(run_id, {f"ttc/{name}/flops_at_k": float(g.flops.iloc[0])}, step=int(k))
+    # samples without an extractable answer count as wrong everywhere; how many there were:
+    tracker.log_metrics(run_id, {f"ttc/{name}/no_answer_frac": float(1 - table["has_answer"].mean())})
     for _, r in budgets.iterrows():
         tracker.log_metrics(run_id, {f"ttc/{name}/{r.strategy}_acc": r.accuracy}, step=int(r.knob))
     allocation["table"].to_csv(work / f"allocation_{name}.csv", index=False)
