@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,6 +23,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def root_cause(lines: list[str]) -> str:
+    """The ranks' own exception line(s) (``[rank1]: ConfigError: ...``), not torchrun's wrapper."""
+    pattern = re.compile(r"^(\[rank\d+\]: )?[\w.]+(Error|Exception): ")
+    found = [line for line in lines if pattern.match(line) and "ChildFailedError" not in line]
+    return "; ".join(dict.fromkeys(found)) or "no exception line in the output (killed?)"
 
 
 def launch(stage: str, config: dict, run_id: str, parent_run_id: str, upstream: dict, nproc: int, spool: Path) -> dict:
@@ -47,6 +55,9 @@ def launch(stage: str, config: dict, run_id: str, parent_run_id: str, upstream: 
             log.write(line)
         rc = proc.wait()
     if rc != 0 or not result_path.exists():
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
-        raise LaunchError(f"{stage} on {nproc} processes failed (exit code {rc}); last output:\n{tail}")
+        lines = log_path.read_text(errors="replace").splitlines()
+        raise LaunchError(
+            f"{stage} on {nproc} processes failed (exit code {rc}): {root_cause(lines)}\nlast output:\n"
+            + "\n".join(lines[-40:])
+        )
     return json.loads(result_path.read_text())
