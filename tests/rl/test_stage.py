@@ -143,3 +143,24 @@ def test_beta_without_a_reference_model_is_refused(pretrained):
                   ckpt_every=1, beta=0.1)  # fmt: skip
     with pytest.raises(ValueError, match="beta > 0 needs a reference model"):
         GRPOModule(model, tok, build_task("multiplication", 2), [], [], rl, 0, InProcessPolicy(), None, "r")
+
+
+def test_rl_work_dir_survives_a_reexport_of_the_same_weights(pretrained, tmp_path):
+    """A rerun re-exports the finished pretrain checkpoint; RL must still resume from its own work dir."""
+    import torch
+
+    from thinkflow.checkpoints import save_hf
+    from thinkflow.models import load_checkpoint
+    from thinkflow.rl.stage import rl_section
+
+    init = tmp_path / "init"
+    model, tok = load_checkpoint(pretrained)
+    save_hf(model, tok, init)
+    cfg = validate(rl_config(tmp_path, str(init)))
+    before = rl_section(cfg, str(init))
+    save_hf(model, tok, init)  # same weights, new files
+    assert rl_section(cfg, str(init)) == before
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    save_hf(model, tok, init)
+    assert rl_section(cfg, str(init)) != before

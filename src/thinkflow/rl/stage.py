@@ -12,6 +12,7 @@ work directory; exports HF checkpoints every ``rl.ckpt_every`` steps and at the 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import time
@@ -45,10 +46,20 @@ def starting_checkpoint(cfg: PipelineConfig, upstream: dict) -> str:
     return str(init)
 
 
+def weights_digest(checkpoint: str | Path) -> str:
+    """Content hash of a checkpoint's weight files: a re-export of the same weights (a rerun of a
+    finished pretrain stage) keeps the digest, so a killed RL stage still finds its work dir."""
+    h = hashlib.sha256()
+    for f in sorted(Path(checkpoint).glob("*.safetensors")) + sorted(Path(checkpoint).glob("*.bin")):
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
 def rl_section(cfg: PipelineConfig, init: str) -> dict:
     """What identifies an RL result: its config, task, seed, world size and starting weights."""
-    weights = Path(init) / "model.safetensors"
-    ident = f"{init}:{weights.stat().st_mtime_ns}" if weights.exists() else init
+    ident = f"{Path(init).resolve()}:{weights_digest(init)}"
     return {
         "rl": cfg.rl.model_dump(), "task": cfg.task.model_dump(), "seed": cfg.seed,
         "world_size": cfg.trainer.world_size, "strategy": cfg.trainer.strategy,
