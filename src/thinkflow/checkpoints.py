@@ -29,6 +29,18 @@ def check_resume_checkpoint(path: Path) -> None:
         raise CheckpointError(f"resume checkpoint {path} is corrupt (member {bad} fails its CRC)")
 
 
+def training_dirs(work: Path, stage: str) -> tuple[Path, Path, Path | None]:
+    """A training stage's Lightning checkpoint dir, HF export dir, and the checkpoint to resume
+    from (checked, never deleted) or None."""
+    ckpt_dir, hf_dir = work / "lightning", work / "hf"
+    resume = ckpt_dir / "last.ckpt"
+    if not resume.exists():
+        return ckpt_dir, hf_dir, None
+    check_resume_checkpoint(resume)
+    print(f"{stage}: resuming from {resume}")
+    return ckpt_dir, hf_dir, resume
+
+
 def save_hf(model, tokenizer, path: Path) -> Path:
     """``save_pretrained`` into a temp dir beside ``path``, then swap it in."""
     path = Path(path)

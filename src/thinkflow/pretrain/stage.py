@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from thinkflow.checkpoints import check_resume_checkpoint, save_hf
+from thinkflow.checkpoints import save_hf, training_dirs
 from thinkflow.config import ConfigError, PipelineConfig
 from thinkflow.distributed import full_parameters, is_rank_zero
 from thinkflow.distributed.strategy import build_strategy
@@ -51,11 +51,7 @@ def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> dict:
         model, tokenizer = build_model_and_tokenizer(cfg.model.model_dump(), seed=cfg.seed)
     section = pretrain_section(cfg)
     work = stage_work_dir(cfg, "pretrain", section)
-    ckpt_dir, hf_dir = work / "lightning", work / "hf"
-    resume = ckpt_dir / "last.ckpt"
-    if resume.exists():
-        check_resume_checkpoint(resume)
-        print(f"pretrain: resuming from {resume}")
+    ckpt_dir, hf_dir, resume = training_dirs(work, "pretrain")
 
     tracker, run_id = ctx.tracker, ctx.run_id
     tracker.log_params(run_id, flatten(section | {"trainer": tc.model_dump()}))
@@ -100,7 +96,7 @@ def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> dict:
         default_root_dir=str(work),
     )
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.exists() else None, weights_only=False)
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=False)
     if module.last_eval is None or module.last_eval["step"] != trainer.global_step:
         trainer.validate(module, datamodule=data, verbose=False)  # resumed a finished run: score it
     wall = time.perf_counter() - t0

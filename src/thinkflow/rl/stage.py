@@ -25,7 +25,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from thinkflow.checkpoints import check_resume_checkpoint, save_hf
+from thinkflow.checkpoints import save_hf, training_dirs
 from thinkflow.config import ConfigError, PipelineConfig
 from thinkflow.distributed import full_parameters, is_rank_zero
 from thinkflow.distributed.strategy import build_strategy
@@ -95,11 +95,7 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> dict:
     _check_lengths(tokenizer, train[:1000] + val, model, rc.max_new_tokens)
     section = rl_section(cfg, init)
     work = stage_work_dir(cfg, "rl", section)
-    ckpt_dir, hf_dir = work / "lightning", work / "hf"
-    resume = ckpt_dir / "last.ckpt"
-    if resume.exists():
-        check_resume_checkpoint(resume)
-        print(f"rl: resuming from {resume}")
+    ckpt_dir, hf_dir, resume = training_dirs(work, "rl")
 
     tracker, run_id = ctx.tracker, ctx.run_id
     tracker.log_params(run_id, flatten(section | {"trainer": tc.model_dump(), "init_from": init}))
@@ -129,7 +125,7 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> dict:
         )  # fmt: skip
         t0 = time.perf_counter()
         steps = DataLoader(range(rc.max_steps), batch_size=1)  # one item per RL step; prompts come from the step
-        trainer.fit(module, train_dataloaders=steps, ckpt_path=str(resume) if resume.exists() else None,
+        trainer.fit(module, train_dataloaders=steps, ckpt_path=str(resume) if resume else None,
                     weights_only=False)  # fmt: skip
         if not module.evals or module.evals[-1]["step"] != module.rl_step:
             module.evaluate(module.rl_step)  # resumed a finished run: score it
