@@ -8,7 +8,7 @@ Every curve comes from the same samples for all k <= N (never re-sampled per k):
 - ``vote_at_k``: majority vote (weights 1) or weighted majority (weights = scores) over random
   size-k subsets, ties split fairly; exact by enumeration when C(n, k) is small, otherwise a
   fixed-seed estimate over ``draws`` random subsets (nested prefixes of random permutations,
-  so one draw serves every k). Samples without an answer never vote; a subset with no votes
+  so one draw serves every k; ``vote_at_k_batch`` does this for many problems at once). Samples without an answer never vote; a subset with no votes
   is wrong.
 
 Shapes: one problem at a time, ``n`` samples; the vectorised forms take (P, n) arrays.
@@ -102,33 +102,14 @@ def vote_at_k(
             subsets = itertools.combinations(range(n), k)
             vals = [_winner_correct(answer_ids[list(s)], w[list(s)], correct_ids) for s in subsets]
             out[k] = float(np.mean(vals))
-    if sampled:
-        out |= _vote_by_prefixes(answer_ids, correct_ids, sampled, w, draws, seed)
+    if sampled:  # the batched estimator on a batch of one problem, classes renumbered 0..A-1
+        classes = sorted({int(a) for a in answer_ids if a >= 0})
+        col = {a: i for i, a in enumerate(classes)}
+        ids = np.array([[col[int(a)] if a >= 0 else -1 for a in answer_ids]])
+        good = np.array([[a in correct_ids for a in classes] or [False]])
+        values = vote_at_k_batch(ids, good, sampled, w[None], draws, seed)[0]
+        out |= dict(zip(sampled, values.tolist(), strict=True))
     return {k: out[k] for k in ks}  # in the order asked
-
-
-def _vote_by_prefixes(answer_ids, correct_ids, ks, w, draws, seed) -> dict[int, float]:
-    """Fixed-seed estimate: each random permutation's first k samples are one size-k subset."""
-    n = len(answer_ids)
-    classes = sorted({int(a) for a in answer_ids if a >= 0})
-    if not classes:
-        return {k: 0.0 for k in ks}
-    col = {a: i for i, a in enumerate(classes)}
-    votes = np.zeros((n, len(classes)), dtype=np.float32)  # (n, A) one-hot weighted votes
-    for i, a in enumerate(answer_ids.tolist()):
-        if a >= 0:
-            votes[i, col[a]] = w[i]
-    good = np.array([a in correct_ids for a in classes], dtype=np.float32)  # (A,)
-    totals = votes[_permutations(n, draws, seed)].cumsum(axis=1)  # (R, n, A): running totals of each prefix
-    out = {}
-    for k in ks:
-        t = totals[:, k - 1]  # (R, A)
-        best = t.max(axis=1, keepdims=True)
-        top = (t >= best - 1e-6 * np.maximum(best, 1)) & (best > 0)  # tied winners (float32 sums)
-        n_top = top.sum(axis=1)
-        share = np.where(n_top > 0, (top * good).sum(axis=1) / np.maximum(n_top, 1), 0.0)
-        out[k] = float(share.mean())
-    return out
 
 
 def vote_at_k_batch(
@@ -174,12 +155,6 @@ def vote_at_k_batch(
             share = np.where(n_top > 0, (top * gd[:, None]).sum(axis=2) / np.maximum(n_top, 1), 0.0)
             out[rows, j] = share.mean(axis=1)
     return out
-
-
-@functools.lru_cache(maxsize=8)
-def _permutations(n: int, draws: int, seed: int) -> np.ndarray:
-    """(draws, n) random permutations; cached so the votes of one problem share their subsets."""
-    return np.argsort(np.random.default_rng(seed).random((draws, n)), axis=1)
 
 
 def bootstrap_cis(per_problem: np.ndarray, resamples: int = 1000, seed: int = 0, level: float = 0.95):
