@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import DeepSpeedStrategy
 
 from thinkflow.config import RLConfig
 from thinkflow.distributed import all_mean, all_sum, full_parameters, global_rank, is_rank_zero, world_size
@@ -197,7 +198,7 @@ class GRPOModule(pl.LightningModule):
 
     @property
     def _deepspeed(self) -> bool:
-        return type(self.trainer.strategy).__name__.endswith("DeepSpeedStrategy")
+        return isinstance(self.trainer.strategy, DeepSpeedStrategy)  # clips gradients itself
 
     def _prompts(self, step: int) -> list[Problem]:
         rng = random.Random(f"{self.seed}-{step}-{global_rank()}")

@@ -39,6 +39,8 @@ class LearnedVerifier:
     def __init__(self, model, tokenizer) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.weight: torch.Tensor | None = None
+        self.mu: torch.Tensor | None = None  # feature standardisation, fitted on the training samples
+        self.sd: torch.Tensor | None = None
         self.train_acc = float("nan")
 
     def fit(self, engine, task: Task, problems: list[Problem], samples: int, max_new_tokens: int, seed: int = 0):
@@ -51,7 +53,9 @@ class LearnedVerifier:
             [s.gen_tokens for _, s in flat], [task.extract_answer(s.text) is not None for _, s in flat],
         )  # fmt: skip
         feats = completion_features(self.model, self.tokenizer, [p.prompt for p, _ in flat], [s.text for _, s in flat])
-        x = self._design(torch.cat([feats, stats], dim=1))
+        feats = torch.cat([feats, stats], dim=1)
+        self.mu, self.sd = feats.mean(0), feats.std(0) + 1e-6
+        x = self._design(feats)
         w = torch.zeros(x.shape[1], requires_grad=True)
         opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
         pos = labels.mean().clamp(0.05, 0.95)
@@ -70,8 +74,6 @@ class LearnedVerifier:
         return self
 
     def _design(self, feats: torch.Tensor) -> torch.Tensor:
-        if not hasattr(self, "mu"):
-            self.mu, self.sd = feats.mean(0), feats.std(0) + 1e-6
         return torch.cat([(feats - self.mu) / self.sd, torch.ones(len(feats), 1)], dim=1)
 
     def score(self, prompts: list[str], completions: list[str], stats: torch.Tensor) -> torch.Tensor:
