@@ -63,7 +63,8 @@ def pipeline(config: dict) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pipeline")
 def main(cfg: DictConfig) -> dict:
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return pipeline(OmegaConf.to_container(cfg, resolve=True))
 
 

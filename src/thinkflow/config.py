@@ -210,6 +210,82 @@ class TTCConfig(_Strict):
         return self
 
 
+class ContestantConfig(_Strict):
+    """One model in the ``compare`` stage (see ``thinkflow.compare.contestants``)."""
+
+    kind: Literal["thinkflow", "hf", "gguf", "openai"]
+    stage: Literal["pretrain", "rl"] | None = None  # thinkflow: this pipeline's checkpoint of that stage
+    run: str | None = None  # thinkflow: an earlier run's MLflow id (pipeline or stage run), or "latest"
+    run_filter: str | None = None  # with run=latest: MLflow filter on pipeline runs, e.g. params.`model.name` = 'small'
+    model: str | None = None  # hf: local dir or hub id; gguf: .gguf file or dir; openai: model name
+    gguf_file: str | None = None  # gguf: file name inside the ``model`` directory
+    package: str | None = None  # gguf: a Python package whose assemble() returns the .gguf path
+    backend: Literal["hf", "vllm"] = "hf"  # local kinds
+    prompt: Literal["plain", "fewshot", "chat"] = "plain"
+    fewshot: int = Field(0, ge=0)  # solved training examples before the question (fewshot, chat)
+    max_new_tokens: int | None = Field(None, ge=1)  # default: compare.max_new_tokens
+    base_url: str | None = None  # openai
+    api_key_env: str | None = None  # openai: the NAME of the environment variable holding the key
+    mode: Literal["chat", "completions"] = "chat"  # openai
+    usd_per_mtok_in: float = Field(0.0, ge=0)  # openai prices per million tokens
+    usd_per_mtok_out: float = Field(0.0, ge=0)
+    n_params: int | None = Field(None, ge=1)  # openai: for FLOPs (~2 x params per token); local: counted
+    usd_per_hour: float | None = Field(None, ge=0)  # local: hardware price (default compare.usd_per_hour)
+
+    @model_validator(mode="after")
+    def _kind(self) -> ContestantConfig:
+        need = {"thinkflow": [], "hf": ["model"], "gguf": [], "openai": ["model", "base_url", "api_key_env"]}
+        missing = [k for k in need[self.kind] if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"kind={self.kind} needs {', '.join(missing)}")
+        if self.kind == "thinkflow" and (self.stage is None) == (self.run is None):
+            raise ValueError("kind=thinkflow needs exactly one of stage (this pipeline) or run (an MLflow run id)")
+        if self.kind == "gguf" and not (self.model or self.package):
+            raise ValueError("kind=gguf needs model (a .gguf file, or a dir with gguf_file) or package")
+        if self.kind == "openai" and self.prompt == "plain" and self.mode == "chat":
+            raise ValueError("kind=openai with mode=chat needs prompt=chat (or fewshot)")
+        if self.kind == "gguf" and self.backend != "hf":
+            raise ValueError("kind=gguf runs on backend=hf (transformers de-quantizes the GGUF)")
+        return self
+
+
+class APIConfig(_Strict):
+    concurrency: int = Field(8, ge=1)
+    requests_per_minute: float | None = Field(500, gt=0)
+    tokens_per_minute: float | None = Field(200_000, gt=0)
+    max_retries: int = Field(6, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+    backoff_base_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(60.0, gt=0)
+    spend_cap_usd: float | None = Field(5.0, ge=0)  # per contestant; null = no cap
+    cache: str | None = None  # SQLite response cache; null = <paths.work_dir>/compare/api_cache.sqlite
+
+
+class CompareConfig(_Strict):
+    contestants: dict[str, ContestantConfig]
+    n_problems: int | None = Field(None, ge=1)  # null = task.n_test
+    ks: list[int] = [1, 2, 4, 8, 16]  # maj@k / pass@k; max(ks) samples per problem
+    strategies: list[Literal["greedy", "pass", "maj", "budget"]] = ["greedy", "pass", "maj"]
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(24, ge=1)
+    budgets: list[int] = []  # thinking budgets (strategy budget; local backends only)
+    answer_tokens: int = Field(8, ge=1)
+    usd_per_hour: float = Field(0.10, ge=0)  # price of this machine, for the cost of local models
+    bootstrap: int = Field(1000, ge=100)
+    api: APIConfig = APIConfig()
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> CompareConfig:
+        if not self.contestants:
+            raise ValueError("contestants is empty; declare at least one (see conf/compare/default.yaml)")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks={self.ks} must be non-empty and >= 1")
+        if "budget" in self.strategies and (not self.budgets or min(self.budgets) < 1):
+            raise ValueError("strategy budget needs budgets: a list of thinking-token budgets >= 1")
+        return self
+
+
 class TrackingConfig(_Strict):
     uri: str | None = None
     experiment: str = Field("thinkflow", min_length=1)
@@ -232,6 +308,7 @@ class PipelineConfig(_Strict):
     pretrain: PretrainConfig | None = None
     rl: RLConfig | None = None
     ttc: TTCConfig | None = None
+    compare: CompareConfig | None = None
 
     @property
     def ttc_checkpoints(self) -> list[str]:

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from thinkflow.compare import run_compare
 from thinkflow.config import ConfigError, PipelineConfig, validate
 from thinkflow.distributed import world_size
 from thinkflow.distributed.launch import launch
@@ -27,7 +28,9 @@ HEADLINE_KEYS = (
     "maj_at_16",
     "maj_gain",
 )  # stage result keys repeated on the parent run as <stage>/<key>
-STAGES: dict[str, StageFn] = {"pretrain": run_pretrain, "rl": run_rl, "ttc_eval": run_ttc_eval}
+STAGES: dict[str, StageFn] = {
+    "pretrain": run_pretrain, "rl": run_rl, "ttc_eval": run_ttc_eval, "compare": run_compare
+}  # fmt: skip
 SECTIONS = {"ttc_eval": "ttc"}  # config section of a stage, where it differs from the stage name
 TRAINING_STAGES = ("pretrain", "rl")  # stages that run on trainer.devices processes
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class GenerationError(ValueError):
@@ -46,7 +46,8 @@ class Sample:
     logprobs: list[float]  # log p(token) under the model's raw distribution (temperature 1)
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
     prompt_tokens: int
-    gen_tokens: int = field(init=False)
+    gen_tokens: int = -1  # defaults to len(token_ids); API backends report a count without the ids
 
     def __post_init__(self) -> None:
-        self.gen_tokens = len(self.token_ids)
+        if self.gen_tokens < 0:
+            self.gen_tokens = len(self.token_ids)

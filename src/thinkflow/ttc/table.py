@@ -6,7 +6,7 @@ import time
 
 import pandas as pd
 
-from thinkflow.inference import SamplingParams
+from thinkflow.inference import Sample, SamplingParams
 from thinkflow.tasks import Problem, Task
 
 
@@ -21,7 +21,11 @@ def sample_table(
     params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     t0 = time.perf_counter()
     groups = engine.generate([p.prompt for p in problems], params)
-    wall = time.perf_counter() - t0
+    return sample_rows(task, problems, groups), time.perf_counter() - t0
+
+
+def sample_rows(task: Task, problems: list[Problem], groups: list[list[Sample]]) -> pd.DataFrame:
+    """The table of ``groups[i]`` (the samples of ``problems[i]``), answers extracted and verified."""
     rows = []
     for problem, group in zip(problems, groups, strict=True):
         for j, s in enumerate(group):
@@ -36,4 +40,4 @@ def sample_table(
                     "logprob_min": min(s.logprobs, default=0.0),
                 }
             )  # fmt: skip
-    return pd.DataFrame(rows), wall
+    return pd.DataFrame(rows)
