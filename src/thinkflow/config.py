@@ -339,5 +339,6 @@ def validate(config: dict) -> PipelineConfig:
             key = ".".join(str(p) for p in e["loc"]) or "<root>"
             msg = e["msg"].removeprefix("Value error, ")
             shown = e["type"] != "missing" and e["loc"]  # a whole-config check names its keys itself
+            shown = shown and not any("key" in str(p).lower() for p in e["loc"])  # never echo a secret
             lines.append(f"  {key}: {msg}" + (f" (got {e['input']!r})" if shown else ""))
         raise ConfigError("invalid config:\n" + "\n".join(lines)) from None

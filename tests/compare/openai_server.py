@@ -43,7 +43,9 @@ class ScriptedOpenAIServer:
         usd_per_mtok_in: float = 0.0,
         usd_per_mtok_out: float = 0.0,
         port: int = 0,
+        delim: str = "####",  # the task's answer delimiter
     ) -> None:
+        self.delim = delim
         self.answers, self.accuracy, self.latency_s = answers or {}, accuracy, latency_s
         self.faults, self.slow_s, self.retry_after_s = list(faults or [None]), slow_s, retry_after_s
         self.api_key, self.prices = api_key, (usd_per_mtok_in, usd_per_mtok_out)
@@ -92,15 +94,19 @@ class ScriptedOpenAIServer:
 
     # ---- answering --------------------------------------------------------------------------
     def answer(self, prompt: str, seed: int, temperature: float) -> str:
-        questions = _QUESTION.findall(prompt)
-        question = questions[-1].strip() if questions else prompt.strip()
+        # the known question that occurs last in the prompt (few-shot prompts show solved ones first)
+        where = {q: prompt.rfind(q) for q in self.answers}
+        question = max(where, key=where.get, default=None)
+        if question is None or where[question] < 0:
+            found = _QUESTION.findall(prompt)
+            question = found[-1].strip() if found else prompt.strip()
         want = self.answers.get(question)
         h = hashlib.sha256(f"{question}|{seed if temperature > 0 else 0}|{temperature}".encode()).digest()
         u = int.from_bytes(h[:8], "big") / 2**64
         if want is None:
-            return "I do not know.\n#### 0"
+            return f"I do not know.\n{self.delim} 0"
         got = want if u < self.accuracy else str(int(float(want)) + 1 + int(u * 3))
-        return f"Let me work it out step by step.\n#### {got}"
+        return f"Let me work it out step by step.\n{self.delim} {got}"
 
     def _handler(self):
         server = self

@@ -29,8 +29,15 @@ def test_pipeline_parent_and_stage_runs(tmp_path, prefect_server):
 
     client, runs = _runs(tmp_path)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = {r.data.tags["stage"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
-    assert len(parents) == 1 and sorted(children) == ["pretrain", "rl", "ttc_eval"]
+    children = {
+        r.data.tags["stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+    }
+    assert len(parents) == 1 and sorted(children) == ["compare", "pretrain", "rl", "ttc_eval"]
+    # the compare stage's contestants (this pipeline's checkpoints), one run each under the stage's run
+    contestants = {r.data.tags["contestant"]: r for r in runs if "contestant" in r.data.tags}
+    assert sorted(contestants) == ["pretrain", "rl"]
+    assert all(r.data.tags["mlflow.parentRunId"] == children["compare"].info.run_id for r in contestants.values())
+    assert {"compare/pretrain/acc_greedy", "compare/rl/acc_greedy"} <= set(parents[0].data.metrics)
     parent, child = parents[0], children["pretrain"]
     assert result["parent_run_id"] == parent.info.run_id
     flow_run_id = parent.data.tags["prefect.flow_run_id"]
@@ -130,7 +137,8 @@ def test_cli_sweep_runs_one_pipeline_per_job(tmp_path):
     _, runs = _runs(tmp_path)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert sorted(r.data.params["pretrain.max_steps"] for r in parents) == ["10", "20"]
-    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 8  # 2 x (parent, pretrain, rl, ttc_eval)
+    # 2 x (parent, pretrain, rl, ttc_eval, compare + its 2 contestants)
+    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 14
 
 
 @pytest.mark.slow
@@ -142,8 +150,9 @@ def test_pipeline_on_two_processes_with_zero3(tmp_path, prefect_server):
     config = compose(["trainer=cpu_zero3", "trainer.progress_bar=false", *RL_SIGNAL], root=tmp_path)
     result = pipeline(config)
     client, runs = _runs(tmp_path)
-    stages = {r.data.tags["stage"]: r for r in runs if "stage" in r.data.tags}
-    assert sorted(stages) == ["pretrain", "rl", "ttc_eval"] and all(r.info.status == "FINISHED" for r in runs)
+    stages = {r.data.tags["stage"]: r for r in runs if "stage" in r.data.tags and "contestant" not in r.data.tags}
+    assert sorted(stages) == ["compare", "pretrain", "rl", "ttc_eval"]
+    assert all(r.info.status == "FINISHED" for r in runs)
     rl = stages["rl"]
     assert rl.data.params["world_size"] == "2" and rl.data.params["deepspeed.stage"] == "3"
     # logged once per RL step (rank 0 only), and the evaluation covered every held-out problem across ranks
