@@ -214,7 +214,7 @@ class ContestantConfig(_Strict):
     """One model in the ``compare`` stage (see ``thinkflow.compare.contestants``)."""
 
     kind: Literal["thinkflow", "hf", "gguf", "openai"]
-    stage: Literal["pretrain", "rl"] | None = None  # thinkflow: this pipeline's checkpoint of that stage
+    stage: Literal["pretrain", "rl"] | None = None  # thinkflow: the checkpoint of that stage (of ``run`` if set)
     run: str | None = None  # thinkflow: an earlier run's MLflow id (pipeline or stage run), or "latest"
     run_filter: str | None = None  # with run=latest: MLflow filter on pipeline runs, e.g. params.`model.name` = 'small'
     model: str | None = None  # hf: local dir or hub id; gguf: .gguf file or dir; openai: model name
@@ -238,8 +238,8 @@ class ContestantConfig(_Strict):
         missing = [k for k in need[self.kind] if not getattr(self, k)]
         if missing:
             raise ValueError(f"kind={self.kind} needs {', '.join(missing)}")
-        if self.kind == "thinkflow" and (self.stage is None) == (self.run is None):
-            raise ValueError("kind=thinkflow needs exactly one of stage (this pipeline) or run (an MLflow run id)")
+        if self.kind == "thinkflow" and self.stage is None and self.run is None:
+            raise ValueError("kind=thinkflow needs stage (this pipeline's), run (an earlier run's), or both")
         if self.kind == "gguf" and not (self.model or self.package):
             raise ValueError("kind=gguf needs model (a .gguf file, or a dir with gguf_file) or package")
         if self.kind == "openai" and self.prompt == "plain" and self.mode == "chat":
@@ -262,7 +262,7 @@ class APIConfig(_Strict):
 
 
 class CompareConfig(_Strict):
-    contestants: dict[str, ContestantConfig]
+    contestants: dict[str, ContestantConfig | None]  # null drops one (e.g. compare.contestants.rl=null)
     n_problems: int | None = Field(None, ge=1)  # null = task.n_test
     ks: list[int] = [1, 2, 4, 8, 16]  # maj@k / pass@k; max(ks) samples per problem
     strategies: list[Literal["greedy", "pass", "maj", "budget"]] = ["greedy", "pass", "maj"]
@@ -275,9 +275,13 @@ class CompareConfig(_Strict):
     api: APIConfig = APIConfig()
     seed: int = 0
 
+    @property
+    def entrants(self) -> dict[str, ContestantConfig]:
+        return {name: c for name, c in self.contestants.items() if c is not None}
+
     @model_validator(mode="after")
     def _check(self) -> CompareConfig:
-        if not self.contestants:
+        if not self.entrants:
             raise ValueError("contestants is empty; declare at least one (see conf/compare/default.yaml)")
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks={self.ks} must be non-empty and >= 1")

@@ -178,7 +178,7 @@ def test_thinkflow_contestant_from_an_earlier_pipeline_run(tmp_path, gsm8k_dir):
     "contestant, message",
     [
         ({"kind": "openai", "model": "m", "base_url": "http://x/v1"}, "kind=openai needs api_key_env"),
-        ({"kind": "thinkflow", "stage": "rl", "run": "abc"}, "exactly one of stage"),
+        ({"kind": "thinkflow"}, "needs stage"),
         ({"kind": "hf"}, "kind=hf needs model"),
         ({"kind": "gguf", "model": "m.gguf", "backend": "vllm"}, "runs on backend=hf"),
         ({"kind": "openai", "model": "m", "base_url": "u", "api_key_env": "K", "api_key": "sk-x"}, "api_key"),

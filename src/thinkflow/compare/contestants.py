@@ -181,7 +181,7 @@ def _config(where: str):
 
 
 def _thinkflow_checkpoint(spec: ContestantConfig, upstream: dict, tracker: Tracker, work: Path) -> Path:
-    if spec.stage:
+    if spec.stage and not spec.run:
         path = upstream.get(spec.stage, {}).get("checkpoint")
         if not path:
             raise Skip(f"stage {spec.stage} is not part of this pipeline run")
@@ -189,12 +189,13 @@ def _thinkflow_checkpoint(spec: ContestantConfig, upstream: dict, tracker: Track
     run_id = _find_run(spec, tracker)
     client = tracker.client
     run = client.get_run(run_id)
-    if STAGE_TAG not in run.data.tags:  # a pipeline run: take its RL stage, else its pretrain stage
+    if STAGE_TAG not in run.data.tags:  # a pipeline run: its `stage` run, by default RL, else pretrain
         children = client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
         by_stage = {c.data.tags.get(STAGE_TAG): c.info.run_id for c in children}
-        stage_run = by_stage.get("rl") or by_stage.get("pretrain")
+        wanted = [spec.stage] if spec.stage else ["rl", "pretrain"]
+        stage_run = next((by_stage[s] for s in wanted if s in by_stage), None)
         if stage_run is None:
-            raise CheckpointError(f"MLflow run {run_id} has no rl or pretrain stage run with a checkpoint")
+            raise CheckpointError(f"MLflow run {run_id} has no {' or '.join(wanted)} stage run with a checkpoint")
         run_id = stage_run
     target = work / "runs" / run_id
     if not (target / "checkpoint" / "config.json").exists():

@@ -1,7 +1,7 @@
 """The ``compare`` stage: the same benchmark and strategies on every contestant, normalised by cost.
 
     python flows/pipeline.py                                      # ... -> compare over pretrain, rl
-    python flows/pipeline.py +experiment=gsm8k_open_vs_frontier   # Gemma 3 270M + API contestants
+    python flows/pipeline.py experiment=gsm8k_open_vs_frontier    # Gemma 3 270M + API contestants
 
 Every contestant answers the same held-out problems (same prompts up to the form its interface
 needs, same answer extraction and verification): greedy, and ``max(ks)`` samples at
@@ -46,16 +46,16 @@ log = logging.getLogger("thinkflow.compare")
 def run_compare(cfg: PipelineConfig, ctx: StageContext) -> dict:
     cc = cfg.compare
     task = build_task(cfg.task.name, cfg.task.difficulty, cfg.task.source)
-    shots_needed = max(c.fewshot for c in cc.contestants.values())
+    shots_needed = max(c.fewshot for c in cc.entrants.values())
     train, problems = task.splits(shots_needed, cc.n_problems or cfg.task.n_test, seed=cfg.seed)
     upstream_ckpts = {k: v.get("checkpoint") for k, v in ctx.upstream.items() if isinstance(v, dict)}
     work = stage_work_dir(cfg, "compare", {"compare": cc.model_dump(), "task": cfg.task.model_dump(),
                                            "ckpts": config_key(upstream_ckpts), "seed": cfg.seed})  # fmt: skip
-    ctx.tracker.log_params(ctx.run_id, {"compare.contestants": ",".join(cc.contestants),
+    ctx.tracker.log_params(ctx.run_id, {"compare.contestants": ",".join(cc.entrants),
                                         "compare.n_problems": str(len(problems)), "compare.ks": str(cc.ks)})  # fmt: skip
     t0 = time.perf_counter()
     points, summaries = [], {}
-    for name, spec in cc.contestants.items():
+    for name, spec in cc.entrants.items():
         summary = {"kind": spec.kind, "model": spec.model or spec.stage or spec.run or spec.package, "status": "ok"}
         try:
             with open_contestant(name, spec, ctx.upstream, ctx.tracker, work, cc.api) as c:
