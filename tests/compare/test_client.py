@@ -49,8 +49,8 @@ def _client(server, tmp_path=None, mode="chat", prices=(0.0, 0.0), **limits) -> 
 
 @pytest.mark.parametrize("mode", ["chat", "completions"])
 def test_every_fault_is_retried_and_every_result_arrives_exactly_once(tmp_path, mode):
-    with ScriptedOpenAIServer(ANSWERS, accuracy=0.7, faults=FAULTS, slow_s=1.5, api_key=KEY) as server:
-        client = _client(server, tmp_path, mode, concurrency=8, timeout_s=0.6)
+    with ScriptedOpenAIServer(ANSWERS, accuracy=0.7, faults=FAULTS, slow_s=2.5, api_key=KEY) as server:
+        client = _client(server, tmp_path, mode, concurrency=8, timeout_s=1.0)
         calls = _calls(20, 3, chat=mode == "chat")
         results = client.run(calls)
     assert all(r is not None for r in results) and len(results) == 60
@@ -59,7 +59,8 @@ def test_every_fault_is_retried_and_every_result_arrives_exactly_once(tmp_path, 
     reasons = client.usage.retry_reasons
     assert {"HTTP 429", "HTTP 500", "timeout", "connection error"} <= set(reasons)
     assert any(r.startswith("malformed") for r in reasons)
-    assert client.usage.retries == sum(server.faulted.values()) and client.usage.paid_calls == 60
+    # every injected fault cost a retry (a loaded machine may add a client-side timeout of its own)
+    assert client.usage.retries >= sum(server.faulted.values()) and client.usage.paid_calls == 60
     # results line up with their requests: the scripted server's answer for that prompt and seed
     for call, r in zip(calls, results, strict=True):
         text = call.prompt if isinstance(call.prompt, str) else "\n".join(c for _, c in call.prompt)

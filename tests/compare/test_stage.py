@@ -168,10 +168,11 @@ def test_thinkflow_contestant_from_an_earlier_pipeline_run(tmp_path, gsm8k_dir):
     assert s["status"] == "ok", s
     assert Path(s["model"]).name == "checkpoint" and (Path(s["model"]) / "config.json").exists()
 
-    config["compare"]["contestants"] = {"none": spec | {"run_filter": "params.`model.d_model` = '4096'"}}
-    result = run_stage("compare", config, start_pipeline_run(config, None), {}, None)
-    assert result["contestants"]["none"]["status"] == "failed"
-    assert "no finished pipeline run matches" in result["contestants"]["none"]["note"]
+    config["compare"]["contestants"] = {"none": spec | {"run_filter": "params.`model.d_model` = '4096'"},
+                                       "no_rl": spec | {"stage": "rl"}}  # fmt: skip
+    result = run_stage("compare", config, start_pipeline_run(config, None), {}, None)["contestants"]
+    assert result["none"]["status"] == "failed" and "no finished pipeline run matches" in result["none"]["note"]
+    assert result["no_rl"]["status"] == "failed" and "has no rl stage run" in result["no_rl"]["note"]
 
 
 @pytest.mark.parametrize(

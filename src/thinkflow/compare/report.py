@@ -63,7 +63,7 @@ def matched_compute(points: pd.DataFrame, sizes: dict[str, int | None], by: str 
     maj = points[points.strategy == "maj"]
     for large, g in greedy.iterrows():
         for small, sg in greedy.iterrows():
-            if small == large or not (sg[by] < g[by]):  # NaN compares False: unknown costs are skipped
+            if small == large or not (0 < sg[by] < g[by]):  # NaN compares False: unknown costs are skipped
                 continue
             if sizes.get(small) and sizes.get(large) and sizes[small] >= sizes[large]:
                 continue
@@ -95,12 +95,13 @@ def markdown(table: pd.DataFrame, matched: dict[str, pd.DataFrame], n_problems: 
     for by, m in matched.items():
         if m.empty:
             continue
-        lines += ["", f"Matched compute ({'FLOPs' if by == 'flops' else 'dollars'} per problem): the smaller "
-                  "contestant's majority vote within the larger one's greedy budget", "",
-                  "| small + test-time compute | accuracy | large, greedy | accuracy | verdict |",
+        unit = "FLOPs" if by == "flops" else "dollars"
+        lines += ["", f"Matched compute ({unit} per problem): the cheaper contestant's majority vote within the "
+                  "costlier one's greedy budget (pairs where a size is known only if the cheaper one is smaller)", "",
+                  f"| cheaper + majority vote ({unit}) | accuracy | costlier, greedy ({unit}) | accuracy | verdict |",
                   "|---|---:|---|---:|---|"]  # fmt: skip
         for r in m.to_dict("records"):
-            verdict = "small wins" if r["small_wins"] else "large wins" if r["large_wins"] else "CIs overlap"
+            verdict = "cheaper wins" if r["small_wins"] else "costlier wins" if r["large_wins"] else "CIs overlap"
             lines.append(f"| {r['small']} {r['small_strategy']} ({_fmt(r[f'small_{by}'])}) | {r['small_acc']:.3f} "
                          f"{r['small_ci']} | {r['large']} ({_fmt(r[f'large_{by}'])}) | {r['large_acc_greedy']:.3f} "
                          f"{r['large_ci']} | {verdict} |")  # fmt: skip
