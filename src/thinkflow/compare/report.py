@@ -112,8 +112,12 @@ def cost_plot(points: pd.DataFrame, path: Path) -> Path:
     """Accuracy against dollars and against FLOPs per problem: greedy points, majority-vote curves."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     for ax, x, label in ((axes[0], "usd", "dollars per problem"), (axes[1], "flops", "inference FLOPs per problem")):
+        hidden = []
         for name, p in points.groupby("contestant", sort=False):
-            p = p[p[x] > 0]
+            p = p[p[x] > 0]  # NaN (unknown size) and 0 (no price) have no place on a log axis
+            if p.empty:
+                hidden.append(str(name))
+                continue
             maj = p[p.strategy == "maj"].sort_values(x)
             color = None
             if not maj.empty:
@@ -125,7 +129,9 @@ def cost_plot(points: pd.DataFrame, path: Path) -> Path:
                 ax.errorbar(g[x], g.accuracy, yerr=[g.accuracy - g.ci_low, g.ci_high - g.accuracy], fmt="*",
                             ms=10, color=color, label=f"{name}: greedy")  # fmt: skip
         ax.set_xscale("log")
-        ax.set_xlabel(label)
+        ax.set_xlabel(label + (f"\n(not shown, no {'price' if x == 'usd' else 'size'}: {', '.join(hidden)})"
+                               if hidden else ""))  # fmt: skip
+        ax.set_ylim(-0.03, 1.03)
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
         if ax.has_data():
