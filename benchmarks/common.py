@@ -14,13 +14,9 @@ DOC = ROOT / "docs" / "benchmarks.md"
 
 
 def compose(overrides: list[str] | None = None) -> dict:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
+    from flows.pipeline import compose as compose_config
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose("pipeline", overrides=overrides or [])
-    return OmegaConf.to_container(cfg, resolve=True)
+    return compose_config(overrides)
 
 
 def matmul_flops_per_s(n: int = 1024, repeats: int = 20) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 # A cold ephemeral Prefect server (migrations on a fresh PREFECT_HOME) takes longer than
 # Prefect's 20 s default to come up on a 2-core laptop.
@@ -24,21 +25,37 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from prefect import flow, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
-from thinkflow.config import validate  # noqa: E402
-from thinkflow.runner import STAGES, enabled_stages, end_pipeline_run, run_stage, start_pipeline_run  # noqa: E402
+from thinkflow.caching import identity_key, result_files_exist, stage_identity  # noqa: E402
+from thinkflow.config import ConfigError, validate  # noqa: E402
+from thinkflow.runner import (  # noqa: E402
+    STAGES,
+    enabled_stages,
+    end_pipeline_run,
+    record_reuse,
+    run_stage,
+    start_pipeline_run,
+)
+from thinkflow.sweeps import job_tags  # noqa: E402
+
+# A stage task is cached on its identity alone (config sections, upstream results, code; see
+# thinkflow.caching) plus its source, never on the whole config or the parent run id, so a run that
+# changes only ttc.* reuses pretrain and rl. Results are persisted for the next pipeline run.
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+STAGE_CACHE = (INPUTS - "config" - "parent_run_id" - "upstream") + TASK_SOURCE
 
 
 def _stage_task(name: str):
     # log_prints off inside stages: dill (used by HF datasets for fingerprints) captures
     # stdout to disassemble functions, and Prefect's print capture floods the log with it.
-    @task(name=name, task_run_name=name, log_prints=False)
-    def _run(config: dict, parent_run_id: str, upstream: dict) -> dict:
+    @task(name=name, task_run_name=name, log_prints=False, persist_result=True, cache_policy=STAGE_CACHE)
+    def _run(config: dict, parent_run_id: str, upstream: dict, identity: dict) -> dict:
         result = run_stage(name, config, parent_run_id, upstream, flow_run.get_id())
         if "summary_md" in result:  # a stage's summary table, shown on the flow run in the Prefect UI
             create_markdown_artifact(markdown=result.pop("summary_md"), key=f"{name.replace('_', '-')}-summary")
-        return result
+        return result | {"identity_key": identity_key(identity)}
 
     return _run
 
@@ -47,13 +64,15 @@ STAGE_TASKS = {name: _stage_task(name) for name in STAGES}
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline(config: dict) -> dict:
-    """Run every configured stage in order; returns each stage's result (paths, run ids)."""
-    parent = start_pipeline_run(config, flow_run.get_id())
+def pipeline(config: dict, tags: dict[str, str] | None = None) -> dict:
+    """Run every configured stage in order; returns each stage's result (paths, run ids).
+    ``tags`` go on the MLflow parent run (a Hydra sweep's ``sweep_id``, job number, overrides)."""
+    parent = start_pipeline_run(config, flow_run.get_id(), tags)
+    cfg = validate(config)
     results: dict = {}
     try:
-        for name in enabled_stages(validate(config)):
-            results[name] = STAGE_TASKS[name].submit(config, parent, dict(results)).result()
+        for name in enabled_stages(cfg):
+            results[name] = _run_or_reuse(name, config, parent, results, cfg.cache)
     except BaseException:
         end_pipeline_run(config, parent, results, "FAILED")
         raise
@@ -61,11 +80,55 @@ def pipeline(config: dict) -> dict:
     return {"parent_run_id": parent, **results}
 
 
+def compose(overrides: list[str] | None = None, config_name: str = "pipeline") -> dict:
+    """The resolved config of ``conf/<config_name>.yaml`` with Hydra overrides, as plain JSON;
+    a malformed override stops here with a ConfigError naming it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    overrides = list(overrides or [])
+    if not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(f"overrides must be a list of strings like 'rl.lr=1e-4', got {overrides!r}")
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name, overrides=overrides)
+    except HydraException as err:
+        raise ConfigError(f"bad overrides {overrides} for config {config_name!r}: {err}") from None
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("hydra", None)
+    return config
+
+
+@flow(name="scheduled-pipeline", log_prints=True)
+def scheduled_pipeline(config_name: str = "pipeline", overrides: list[str] | None = None) -> dict:
+    """The pipeline from a config name and Hydra overrides: what deployments and schedules pass
+    (``prefect.yaml``, ``flows/serve.py``). Runs ``pipeline`` as a subflow."""
+    return pipeline(compose(overrides, config_name), {"trigger": "deployment"})
+
+
+def _run_or_reuse(name: str, config: dict, parent: str, results: dict, cache) -> dict:
+    """Run the stage's task; when Prefect serves it from the cache, record the reuse in MLflow
+    (or recompute, if the files the cached result points to are gone)."""
+    identity = stage_identity(name, config, results)
+    refresh = not cache.enabled or name in cache.refresh
+    stage_task = STAGE_TASKS[name].with_options(refresh_cache=True) if refresh else STAGE_TASKS[name]
+    future = stage_task.submit(config, parent, dict(results), identity)
+    result = future.result()
+    if future.state.name == "Cached":
+        if not result_files_exist(result):
+            print(f"{name}: the cached result's files are gone; recomputing")
+            return STAGE_TASKS[name].with_options(refresh_cache=True).submit(config, parent, dict(results),
+                                                                              identity).result()  # fmt: skip
+        record_reuse(name, config, parent, result, flow_run.get_id())
+    return result
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pipeline")
 def main(cfg: DictConfig) -> dict:
     for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return pipeline(OmegaConf.to_container(cfg, resolve=True))
+    return pipeline(OmegaConf.to_container(cfg, resolve=True), job_tags())
 
 
 if __name__ == "__main__":

@@ -296,6 +296,11 @@ class TrackingConfig(_Strict):
     log_checkpoint: bool = True
 
 
+class CacheConfig(_Strict):
+    enabled: bool = True  # reuse a stage's result when its config, upstream results and code are unchanged
+    refresh: list[Literal["pretrain", "rl", "ttc_eval", "compare"]] = []  # recompute these anyway
+
+
 class PathsConfig(_Strict):
     root: str = "."
     work_dir: str
@@ -309,6 +314,7 @@ class PipelineConfig(_Strict):
     model: ModelConfig
     trainer: TrainerConfig
     tracking: TrackingConfig
+    cache: CacheConfig = CacheConfig()
     pretrain: PretrainConfig | None = None
     rl: RLConfig | None = None
     ttc: TTCConfig | None = None

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from thinkflow.caching import REUSED_TAG
 from thinkflow.compare import run_compare
 from thinkflow.config import ConfigError, PipelineConfig, validate
 from thinkflow.distributed import world_size
@@ -45,11 +46,11 @@ def enabled_stages(cfg: PipelineConfig) -> list[str]:
     return [name for name in STAGES if getattr(cfg, SECTIONS.get(name, name), None) is not None]
 
 
-def start_pipeline_run(config: dict, flow_run_id: str | None) -> str:
+def start_pipeline_run(config: dict, flow_run_id: str | None, tags: dict[str, str] | None = None) -> str:
     """Validate (before any compute), then open the parent run with the full config."""
     cfg = validate(config)
     tracker = open_tracker(cfg)
-    tags = {FLOW_RUN_TAG: flow_run_id or "", "pipeline.stages": ",".join(enabled_stages(cfg))}
+    tags = {FLOW_RUN_TAG: flow_run_id or "", "pipeline.stages": ",".join(enabled_stages(cfg))} | (tags or {})
     run_id = tracker.start_run(cfg.run_name or "pipeline", tags)
     tracker.log_params(run_id, flatten(config))
     tracker.log_dict(run_id, config, "config/resolved.yaml")
@@ -85,3 +86,17 @@ def run_stage(name: str, config: dict, parent_run_id: str, upstream: dict, flow_
     where = ", ".join(f"{k}={v}" for k, v in result.items() if k in ("checkpoint", "table", *HEADLINE_KEYS))
     print(f"{name}: done; MLflow run {run_id}; {where}")
     return result
+
+
+def record_reuse(name: str, config: dict, parent_run_id: str, result: dict, flow_run_id: str | None) -> str:
+    """A child run saying this stage was reused, linking the run that produced its result."""
+    tracker = open_tracker(validate(config))
+    source = result.get("run_id", "")
+    note = (f"Reused: the `{name}` stage's config, upstream results and code are unchanged, so this pipeline "
+            f"run reuses the result of run [{source}](#/experiments/{tracker.experiment_id}/runs/{source}); "
+            "recompute it with `cache.refresh=[" + name + "]`.")  # fmt: skip
+    tags = {STAGE_TAG: name, FLOW_RUN_TAG: flow_run_id or "", REUSED_TAG: source, "mlflow.note.content": note}
+    with tracker.run(name, tags, parent_run_id=parent_run_id) as run_id:
+        tracker.log_metrics(run_id, {f"{name}/{k}": result[k] for k in HEADLINE_KEYS if k in result})
+    print(f"{name}: reused the result of MLflow run {source} (unchanged config, inputs and code)")
+    return run_id

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -136,9 +137,20 @@ def test_cli_sweep_runs_one_pipeline_per_job(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, runs = _runs(tmp_path)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert sorted(r.data.params["pretrain.max_steps"] for r in parents) == ["10", "20"]
-    # 2 x (parent, pretrain, rl, ttc_eval, compare + its 2 contestants)
-    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 14
+    assert sorted(r.data.params["pretrain.max_steps"] for r in parents if r.data.params) == ["10", "20"]
+    # 2 x (parent, pretrain, rl, ttc_eval, compare + its 2 contestants) + the sweep summary
+    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 15
+    summary = [r for r in parents if r.data.tags.get("sweep.summary")]
+    jobs = [r for r in parents if not r.data.tags.get("sweep.summary")]
+    sweep_ids = {r.data.tags["sweep_id"] for r in parents}
+    assert len(summary) == 1 and len(sweep_ids) == 1  # every job and the summary share one sweep id
+    assert sorted(r.data.tags["sweep.job"] for r in jobs) == ["0", "1"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    table = client.download_artifacts(summary[0].info.run_id, "sweep/summary.csv", str(tmp_path / "dl"))
+    rows = pd.read_csv(table)
+    assert list(rows.job) == [0, 1] and "pretrain/val_acc" in rows.columns
+    assert rows.overrides.str.contains("pretrain.max_steps=10").iloc[0]
+    assert "# Sweep" in proc.stdout  # the table is printed at the end of the sweep
 
 
 @pytest.mark.slow

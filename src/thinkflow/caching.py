@@ -1,0 +1,51 @@
+"""Stage reuse across pipeline runs: what identifies a stage's result.
+
+A stage's result can be reused when everything that determines it is unchanged: its own config
+sections, the upstream results it consumed (their identities and the runs that produced them),
+where results live (work dir, tracking store) and the thinkflow code itself. The flow passes this
+identity to each stage's Prefect task as the task's only cached input (cache policy: that input
+plus the task's source; results persisted), so a sweep over evaluation settings reuses the
+training stages and Prefect shows them as ``Cached``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+STAGE_INPUTS = {
+    "pretrain": ("task", "model", "pretrain", "trainer", "seed"),
+    "rl": ("task", "model", "rl", "trainer", "seed"),
+    "ttc_eval": ("task", "ttc", "seed"),
+    "compare": ("task", "compare", "seed"),
+}
+ALWAYS = ("paths", "tracking")  # results are paths and run ids: they belong to one work dir and store
+REUSED_TAG = "thinkflow.reused_from"
+
+
+@functools.cache
+def code_version() -> str:
+    """Hash of the thinkflow package's source: changing the code invalidates every cached stage."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for file in sorted(root.rglob("*.py")):
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def stage_identity(name: str, config: dict, upstream: dict) -> dict:
+    sections = {key: config.get(key) for key in (*STAGE_INPUTS[name], *ALWAYS)}
+    inputs = {stage: [r.get("identity_key"), r.get("run_id")] for stage, r in upstream.items()}
+    return {"stage": name, "config": sections, "upstream": inputs, "code": code_version()}
+
+
+def identity_key(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def result_files_exist(result: dict) -> bool:
+    """A reused result is only good while the files it points to are still there."""
+    return all(Path(result[k]).exists() for k in ("checkpoint", "table") if result.get(k))

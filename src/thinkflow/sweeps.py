@@ -1,0 +1,99 @@
+"""Hydra sweeps: every job's pipeline run carries one ``sweep_id``; a summary when the sweep ends.
+
+    python flows/pipeline.py -m rl.group_size=4,8 ttc.n_max=16,64
+
+Each job is one pipeline run (one MLflow parent run) tagged ``sweep_id`` (the same for every job of
+the sweep), ``sweep.job`` (Hydra's job number) and ``sweep.overrides``. When the last job returns,
+``SweepSummary`` (a Hydra callback registered in ``conf/pipeline.yaml``) gathers the parent runs of
+the sweep from MLflow into one table (jobs x headline metrics), prints it and logs it as
+``sweep/summary.md`` and ``.csv`` on a run named ``sweep <id>``. Stages shared by jobs are reused
+(``thinkflow.caching``): a sweep over evaluation settings trains once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from thinkflow.config import validate
+from thinkflow.tracking import Tracker, resolve_uri
+
+SWEEP_TAG = "sweep_id"
+SUMMARY_TAG = "sweep.summary"
+
+
+def sweep_id(sweep_dir: str | Path) -> str:
+    """One id per sweep: the sweep directory's name (its start time) and a hash of its full path."""
+    path = str(Path(sweep_dir).resolve())
+    return f"{Path(path).name}-{hashlib.sha256(path.encode()).hexdigest()[:6]}"
+
+
+def job_tags() -> dict[str, str]:
+    """Tags for the current Hydra job's pipeline run: empty outside a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return {}
+    return {SWEEP_TAG: sweep_id(hc.sweep.dir), "sweep.job": str(hc.job.num),
+            "sweep.overrides": " ".join(hc.overrides.task)[:5000]}  # fmt: skip
+
+
+def summary_table(tracker: Tracker, sid: str) -> pd.DataFrame:
+    """One row per job of the sweep: its overrides, status and the parent run's metrics."""
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id], f"tags.{SWEEP_TAG} = '{sid}'", order_by=["attributes.start_time ASC"]
+    )
+    rows = []
+    for r in runs:
+        if r.data.tags.get(SUMMARY_TAG) or r.data.tags.get("mlflow.parentRunId"):
+            continue
+        rows.append({"job": int(r.data.tags.get("sweep.job", -1)), "overrides": r.data.tags.get("sweep.overrides", ""),
+                     "status": r.info.status, "run_id": r.info.run_id, **dict(sorted(r.data.metrics.items()))})  # fmt: skip
+    return pd.DataFrame(rows).sort_values("job") if rows else pd.DataFrame(rows)
+
+
+def to_markdown(table: pd.DataFrame, sid: str) -> str:
+    if table.empty:
+        return f"# Sweep {sid}\n\nNo finished jobs.\n"
+    cols = list(table.columns)
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = [f"# Sweep {sid}: {len(table)} jobs", "", "| " + " | ".join(cols) + " |",
+             "|" + "---|" * len(cols)]  # fmt: skip
+    lines += ["| " + " | ".join("" if pd.isna(v) else fmt(v) for v in row) + " |" for row in table.itertuples(False)]
+    return "\n".join(lines) + "\n"
+
+
+class SweepSummary(Callback):
+    """Hydra callback: at the end of a multirun, the table of its jobs in MLflow and on stdout."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = config.hydra.sweep.dir
+        plain = OmegaConf.to_container(config, resolve=True)
+        plain.pop("hydra", None)
+        cfg = validate(plain)
+        tracker = Tracker(resolve_uri(cfg.tracking.uri, cfg.paths.root), cfg.tracking.experiment, cfg.paths.root)
+        sid = sweep_id(sweep_dir)
+        table = summary_table(tracker, sid)
+        markdown = to_markdown(table, sid)
+        print(markdown)
+        with tracker.run(f"sweep {sid}", {SWEEP_TAG: sid, SUMMARY_TAG: "true"}) as run_id:
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "summary.md").write_text(markdown)
+                table.to_csv(Path(tmp) / "summary.csv", index=False)
+                tracker.log_artifacts(run_id, tmp, "sweep")
+            tracker.client.set_tag(run_id, "mlflow.note.content", markdown)
+        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+        (Path(sweep_dir) / "summary.md").write_text(markdown)
+
+
+__all__ = ["SWEEP_TAG", "SweepSummary", "job_tags", "summary_table", "sweep_id"]

@@ -1,0 +1,72 @@
+"""Stage reuse across pipeline runs: Prefect caches each stage on its identity (config sections,
+upstream results, code), MLflow records the reuse, and ``cache.refresh`` recomputes."""
+
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from tests.conftest import compose
+from thinkflow.caching import REUSED_TAG, stage_identity
+
+
+def _stage_runs(root: Path, parent_run_id: str) -> dict:
+    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("thinkflow").experiment_id
+    runs = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    return {r.data.tags["stage"]: r for r in runs}
+
+
+def _task_states(flow_run_id) -> dict:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name: r.state.name for r in runs}
+
+
+def test_a_ttc_only_change_reuses_pretrain_and_rl(tmp_path, prefect_server):
+    from flows.pipeline import pipeline
+
+    config = compose(["~compare"], root=tmp_path)
+    t0 = time.perf_counter()
+    first = pipeline(config)
+    first_s = time.perf_counter() - t0
+    ckpt = Path(first["rl"]["checkpoint"]) / "model.safetensors"
+    written = ckpt.stat().st_mtime_ns
+
+    changed = compose(["~compare", "ttc.n_max=4", "ttc.ks=[1,2,4]"], root=tmp_path)
+    t0 = time.perf_counter()
+    second = pipeline(changed)
+    second_s = time.perf_counter() - t0
+
+    assert ckpt.stat().st_mtime_ns == written  # nothing retrained
+    assert second["pretrain"]["run_id"] == first["pretrain"]["run_id"] and second["rl"] == first["rl"]
+    assert second["ttc_eval"]["run_id"] != first["ttc_eval"]["run_id"]
+    runs = _stage_runs(tmp_path, second["parent_run_id"])
+    assert runs["pretrain"].data.tags[REUSED_TAG] == first["pretrain"]["run_id"]
+    assert runs["rl"].data.tags[REUSED_TAG] == first["rl"]["run_id"]
+    assert first["rl"]["run_id"] in runs["rl"].data.tags["mlflow.note.content"]
+    assert REUSED_TAG not in runs["ttc_eval"].data.tags
+    flow_run = runs["rl"].data.tags["prefect.flow_run_id"]
+    states = _task_states(flow_run)
+    assert states["pretrain"] == "Cached" and states["rl"] == "Cached" and states["ttc_eval"] == "Completed"
+    assert second_s < 0.6 * first_s, (first_s, second_s)
+
+    # cache.refresh=[rl] recomputes RL, and so everything downstream of it, but not pretrain
+    third = pipeline(compose(["~compare", "ttc.n_max=4", "ttc.ks=[1,2,4]", "cache.refresh=[rl]"], root=tmp_path))
+    assert third["pretrain"]["run_id"] == first["pretrain"]["run_id"]
+    assert (
+        third["rl"]["run_id"] != first["rl"]["run_id"] and third["ttc_eval"]["run_id"] != second["ttc_eval"]["run_id"]
+    )
+
+
+def test_identity_covers_config_upstream_and_location(tmp_path):
+    base = compose([], root=tmp_path)
+    up = {"pretrain": {"identity_key": "a", "run_id": "r1"}}
+    same = stage_identity("rl", base, up)
+    assert stage_identity("rl", compose(["ttc.n_max=4"], root=tmp_path), up) == same  # ttc is not an rl input
+    assert stage_identity("rl", compose(["rl.lr=1e-3"], root=tmp_path), up) != same
+    assert stage_identity("rl", base, {"pretrain": {"identity_key": "a", "run_id": "r2"}}) != same
+    assert stage_identity("rl", compose([], root=tmp_path / "other"), up) != same
