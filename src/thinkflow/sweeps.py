@@ -78,8 +78,9 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = config.hydra.sweep.dir
-        plain = OmegaConf.to_container(config, resolve=True)
-        plain.pop("hydra", None)
+        # resolve everything but the hydra node (its job-level keys are unset once the sweep ends)
+        plain = {key: OmegaConf.to_container(config[key], resolve=True) if OmegaConf.is_config(config[key])
+                 else config[key] for key in config if key != "hydra"}  # fmt: skip
         cfg = validate(plain)
         tracker = Tracker(resolve_uri(cfg.tracking.uri, cfg.paths.root), cfg.tracking.experiment, cfg.paths.root)
         sid = sweep_id(sweep_dir)
