@@ -124,8 +124,29 @@ def _run_or_reuse(name: str, config: dict, parent: str, results: dict, cache) ->
     return result
 
 
+def check_prefect_server() -> None:
+    """With PREFECT_API_URL set, the server must answer before anything runs."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return  # Prefect starts a temporary local server
+    import httpx
+
+    try:
+        if httpx.get(url.rstrip("/") + "/health", timeout=10).status_code == 200:
+            return
+        reason = "its /health check did not return 200"
+    except httpx.HTTPError as err:
+        reason = f"{type(err).__name__}: {err}"
+    raise SystemExit(
+        f"Prefect server at PREFECT_API_URL={url} is not answering ({reason}). Start it with "
+        "`prefect server start` (then PREFECT_API_URL=http://127.0.0.1:4200/api), or unset PREFECT_API_URL "
+        "to run on a temporary local server."
+    )
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pipeline")
 def main(cfg: DictConfig) -> dict:
+    check_prefect_server()
     for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return pipeline(OmegaConf.to_container(cfg, resolve=True), job_tags())

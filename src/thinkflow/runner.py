@@ -18,7 +18,7 @@ from thinkflow.distributed.launch import launch
 from thinkflow.pretrain.stage import run_pretrain
 from thinkflow.rl.stage import run_rl
 from thinkflow.stages import StageContext
-from thinkflow.tracking import FLOW_RUN_TAG, STAGE_TAG, Tracker, flatten, resolve_uri
+from thinkflow.tracking import FLOW_RUN_TAG, STAGE_TAG, Tracker, check_server, flatten, resolve_uri
 from thinkflow.ttc.stage import run_ttc_eval
 
 StageFn = Callable[[PipelineConfig, StageContext], dict]
@@ -47,8 +47,9 @@ def enabled_stages(cfg: PipelineConfig) -> list[str]:
 
 
 def start_pipeline_run(config: dict, flow_run_id: str | None, tags: dict[str, str] | None = None) -> str:
-    """Validate (before any compute), then open the parent run with the full config."""
+    """Validate and check the tracking server (before any compute), then open the parent run."""
     cfg = validate(config)
+    check_server(resolve_uri(cfg.tracking.uri, cfg.paths.root))
     tracker = open_tracker(cfg)
     tags = {FLOW_RUN_TAG: flow_run_id or "", "pipeline.stages": ",".join(enabled_stages(cfg))} | (tags or {})
     run_id = tracker.start_run(cfg.run_name or "pipeline", tags)

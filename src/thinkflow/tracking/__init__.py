@@ -4,10 +4,22 @@ from thinkflow.tracking.mlflow_store import (
     FLOW_RUN_TAG,
     STAGE_TAG,
     Tracker,
+    TrackingUnavailable,
+    check_server,
     flatten,
     metric_key,
     resolve_uri,
     write_json,
 )
 
-__all__ = ["FLOW_RUN_TAG", "STAGE_TAG", "Tracker", "flatten", "metric_key", "resolve_uri", "write_json"]
+__all__ = [
+    "FLOW_RUN_TAG",
+    "STAGE_TAG",
+    "Tracker",
+    "TrackingUnavailable",
+    "check_server",
+    "flatten",
+    "metric_key",
+    "resolve_uri",
+    "write_json",
+]

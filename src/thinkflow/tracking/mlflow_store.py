@@ -70,6 +70,28 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server does not answer; nothing has been computed yet."""
+
+
+def check_server(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast, before any compute, when an HTTP tracking server does not answer its health check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import httpx
+
+    try:
+        ok = httpx.get(uri.rstrip("/") + "/health", timeout=timeout).status_code == 200
+        reason = "" if ok else "its /health check did not return 200"
+    except httpx.HTTPError as err:
+        ok, reason = False, f"{type(err).__name__}: {err}"
+    if not ok:
+        raise TrackingUnavailable(
+            f"MLflow tracking server at {uri} is not answering ({reason}); start it (mlflow server ...) or unset "
+            "MLFLOW_TRACKING_URI / tracking.uri to use the local store under mlruns/"
+        )
+
+
 class Tracker:
     """Creates and closes the pipeline's runs; every method takes run ids explicitly."""
 

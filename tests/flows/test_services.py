@@ -1,0 +1,155 @@
+"""The multi-service topology of docker/compose.yaml without containers: a real PostgreSQL, a Prefect
+server and an MLflow tracking server on it, and the pipeline pointed at them by environment."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import ROOT
+from thinkflow.inference.vllm_server import free_port
+
+PG_BIN = next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)), None)
+
+
+def _as_postgres(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    """PostgreSQL refuses to run as root: run its tools as the `postgres` user when we are root."""
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
+
+
+def _wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(1)
+    raise AssertionError(f"{what} not healthy after {timeout} s")
+
+
+@pytest.fixture
+def postgres():
+    if PG_BIN is None:
+        pytest.skip("PostgreSQL server binaries missing: apt-get install postgresql")
+    base = Path(tempfile.mkdtemp(prefix="thinkflow-pg-", dir="/tmp"))
+    base.chmod(0o755)
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+    data, port = base / "data", free_port()
+    init = _as_postgres([f"{PG_BIN}/initdb", "-D", str(data), "-U", "thinkflow", "-A", "trust"])
+    assert init.returncode == 0, init.stderr
+    start = _as_postgres([f"{PG_BIN}/pg_ctl", "-D", str(data), "-w", "-l", str(base / "pg.log"), "-o",
+                          f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"])  # fmt: skip
+    assert start.returncode == 0, start.stderr + start.stdout
+    try:
+        for db in ("prefect", "mlflow"):
+            made = _as_postgres(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "thinkflow", "-d", "postgres",
+                                 "-c", f"CREATE DATABASE {db}"])  # fmt: skip
+            assert made.returncode == 0, made.stderr
+        yield port
+    finally:
+        _as_postgres([f"{PG_BIN}/pg_ctl", "-D", str(data), "-m", "fast", "stop"])
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_pipeline_on_postgres_backed_prefect_and_mlflow_servers(tmp_path, postgres):
+    pg = f"thinkflow@127.0.0.1:{postgres}"
+    prefect_port, mlflow_port = free_port(), free_port()
+    base_env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(tmp_path / "prefect")}
+    prefect_env = base_env | {"PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{pg}/prefect"}
+    servers = [
+        subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                          str(prefect_port)], env=prefect_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True),
+        subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
+                          "--workers", "1", "--backend-store-uri", f"postgresql+psycopg2://{pg}/mlflow",
+                          "--artifacts-destination", str(tmp_path / "mlartifacts")], env=base_env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+    ]  # fmt: skip
+    try:
+        _wait_http(f"http://127.0.0.1:{prefect_port}/api/health", servers[0], "prefect server")
+        _wait_http(f"http://127.0.0.1:{mlflow_port}/health", servers[1], "mlflow server")
+        env = base_env | {"PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+                          "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+                          "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}  # fmt: skip
+        run = subprocess.run([sys.executable, str(ROOT / "flows" / "pipeline.py"), "experiment=tiny",
+                              f"paths.root={tmp_path}", "~compare", "trainer.progress_bar=false"], env=env,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+        # the runs are in the PostgreSQL-backed MLflow server (and no local store was made)
+        client = MlflowClient(f"http://127.0.0.1:{mlflow_port}")
+        runs = client.search_runs([client.get_experiment_by_name("thinkflow").experiment_id])
+        stages = sorted(r.data.tags.get("stage", "") for r in runs)
+        assert stages == ["", "pretrain", "rl", "ttc_eval"] and all(r.info.status == "FINISHED" for r in runs)
+        assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+        count = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(postgres), "-U", "thinkflow", "-d", "mlflow",
+                                "-tAc", "SELECT count(*) FROM runs"], capture_output=True, text=True)  # fmt: skip
+        assert count.stdout.strip() == "4", count.stderr
+        ckpt = [a.path for a in client.list_artifacts(next(r for r in runs if r.data.tags.get("stage") == "rl")
+                                                      .info.run_id, "checkpoint")]  # fmt: skip
+        assert "checkpoint/model.safetensors" in ckpt  # artifacts went through the server to its store
+
+        # the flow run is in the PostgreSQL-backed Prefect server, linked from the MLflow parent run
+        flow_run_id = next(r for r in runs if "stage" not in r.data.tags).data.tags["prefect.flow_run_id"]
+        flow_run = httpx.get(f"http://127.0.0.1:{prefect_port}/api/flow_runs/{flow_run_id}", timeout=10).json()
+        assert flow_run["state"]["type"] == "COMPLETED"
+        prefect_rows = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(postgres), "-U", "thinkflow", "-d",
+                                       "prefect", "-tAc", f"SELECT count(*) FROM flow_run WHERE id = '{flow_run_id}'"],
+                                      capture_output=True, text=True)  # fmt: skip
+        assert prefect_rows.stdout.strip() == "1", prefect_rows.stderr
+    finally:
+        for s in servers:
+            s.terminate()
+            s.wait(30)
+
+
+def test_servers_that_are_down_stop_the_run_before_any_compute(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = os.environ | {"PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
+    cmd = [sys.executable, str(ROOT / "flows" / "pipeline.py"), "experiment=tiny", f"paths.root={tmp_path}"]
+    prefect_down = subprocess.run(cmd, env=env | {"PREFECT_API_URL": f"{dead}/api"}, capture_output=True, text=True,
+                                  timeout=120)  # fmt: skip
+    assert prefect_down.returncode != 0
+    assert "is not answering" in prefect_down.stderr and "prefect server start" in prefect_down.stderr
+    mlflow_down = subprocess.run(cmd, env=env | {"MLFLOW_TRACKING_URI": dead}, capture_output=True, text=True,
+                                 timeout=300)  # fmt: skip
+    assert mlflow_down.returncode != 0
+    assert f"MLflow tracking server at {dead} is not answering" in mlflow_down.stdout + mlflow_down.stderr
+    assert not (tmp_path / "mlruns" / "work").exists()  # nothing was computed
+
+
+def test_compose_file_is_valid_and_its_variables_are_documented():
+    compose_spec = pytest.importorskip("compose_spec")
+    text = (ROOT / "docker" / "compose.yaml").read_text()
+    stack = compose_spec.PyCompose.from_yaml(text)
+    stack.validate()
+    assert sorted(stack.service_names()) == ["mlflow", "postgres", "prefect-server", "worker"]
+    import re
+
+    used = set(re.findall(r"\$\{(\w+)", text))
+    documented = {line.split("=")[0] for line in (ROOT / "docker" / ".env.example").read_text().splitlines()
+                  if "=" in line and not line.startswith("#")}  # fmt: skip
+    assert used <= documented, used - documented
+    for dockerfile in ("Dockerfile", "Dockerfile.cuda"):
+        for line in (ROOT / "docker" / dockerfile).read_text().splitlines():
+            if line.startswith("COPY "):
+                for src in line.split()[1:-1]:
+                    assert (ROOT / src).exists(), (dockerfile, src)
+    assert json.loads(json.dumps(stack.to_dict()))["services"]["worker"]["environment"]["MLFLOW_TRACKING_URI"]
