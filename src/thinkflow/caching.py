@@ -21,7 +21,6 @@ STAGE_INPUTS = {
     "ttc_eval": ("task", "ttc", "seed"),
     "compare": ("task", "compare", "seed"),
 }
-ALWAYS = ("paths", "tracking")  # results are paths and run ids: they belong to one work dir and store
 REUSED_TAG = "thinkflow.reused_from"
 
 
@@ -37,7 +36,14 @@ def code_version() -> str:
 
 
 def stage_identity(name: str, config: dict, upstream: dict) -> dict:
-    sections = {key: config.get(key) for key in (*STAGE_INPUTS[name], *ALWAYS)}
+    from thinkflow.tracking import resolve_uri
+
+    sections = {key: config.get(key) for key in STAGE_INPUTS[name]}
+    # where results live, made absolute: `paths.root=.` in two checkouts are two different stores
+    root = Path(config["paths"]["root"]).resolve()
+    tracking = config.get("tracking") or {}
+    sections["paths"] = {"root": str(root), "work_dir": str(Path(config["paths"]["work_dir"]).resolve())}
+    sections["tracking"] = tracking | {"uri": resolve_uri(tracking.get("uri"), root)}
     inputs = {stage: [r.get("identity_key"), r.get("run_id")] for stage, r in upstream.items()}
     return {"stage": name, "config": sections, "upstream": inputs, "code": code_version()}
 

@@ -62,7 +62,7 @@ def test_a_ttc_only_change_reuses_pretrain_and_rl(tmp_path, prefect_server):
     )
 
 
-def test_identity_covers_config_upstream_and_location(tmp_path):
+def test_identity_covers_config_upstream_and_location(tmp_path, monkeypatch):
     base = compose([], root=tmp_path)
     up = {"pretrain": {"identity_key": "a", "run_id": "r1"}}
     same = stage_identity("rl", base, up)
@@ -70,3 +70,11 @@ def test_identity_covers_config_upstream_and_location(tmp_path):
     assert stage_identity("rl", compose(["rl.lr=1e-3"], root=tmp_path), up) != same
     assert stage_identity("rl", base, {"pretrain": {"identity_key": "a", "run_id": "r2"}}) != same
     assert stage_identity("rl", compose([], root=tmp_path / "other"), up) != same
+    # a relative root names a different store from each working directory
+    relative = compose(["paths.root=."])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    in_a = stage_identity("rl", relative, up)
+    monkeypatch.chdir(tmp_path / "b")
+    assert stage_identity("rl", relative, up) != in_a
