@@ -29,7 +29,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
 from thinkflow.caching import identity_key, result_files_exist, stage_identity  # noqa: E402
-from thinkflow.config import ConfigError, validate  # noqa: E402
+from thinkflow.config import ConfigError, drop_removed_stages, validate  # noqa: E402
 from thinkflow.runner import (  # noqa: E402
     STAGES,
     enabled_stages,
@@ -97,7 +97,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "pipeline") -
         raise ConfigError(f"bad overrides {overrides} for config {config_name!r}: {err}") from None
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("hydra", None)
-    return config
+    return drop_removed_stages(config, overrides)
 
 
 @flow(name="scheduled-pipeline", log_prints=True)
@@ -149,7 +149,16 @@ def main(cfg: DictConfig) -> dict:
     check_prefect_server()
     for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return pipeline(OmegaConf.to_container(cfg, resolve=True), job_tags())
+    from hydra.core.hydra_config import HydraConfig
+
+    if "joblib" in str(HydraConfig.get().launcher.get("_target_", "")) and not os.environ.get("PREFECT_API_URL"):
+        raise SystemExit(
+            "parallel sweep jobs (hydra/launcher=joblib) share one Prefect server: start `prefect server start` "
+            "and set PREFECT_API_URL=http://127.0.0.1:4200/api, or drop hydra/launcher=joblib to run the jobs "
+            "one after another on a temporary server"
+        )
+    config = drop_removed_stages(OmegaConf.to_container(cfg, resolve=True), list(HydraConfig.get().overrides.task))
+    return pipeline(config, job_tags())
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ def compose(overrides: list[str] | None = None, root: Path | None = None, tiny: 
         cfg = hydra_compose("pipeline", overrides=overrides)
     out = OmegaConf.to_container(cfg, resolve=True)
     out.pop("hydra", None)
-    return out
+    from thinkflow.config import drop_removed_stages
+
+    return drop_removed_stages(out, overrides)
 
 
 @pytest.fixture
@@ -58,3 +60,44 @@ def gsm8k_dir() -> Path:
     if not (GSM8K_DIR / "test.jsonl").exists():
         pytest.fail(f"GSM8K test data missing at {GSM8K_DIR} (set THINKFLOW_SHARED to the shared/ folder)")
     return GSM8K_DIR
+
+
+def wait_http(url: str, proc, what: str, timeout: float = 180) -> None:
+    """Until ``url`` answers 200; fails with the process's output if it exits first."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(1)
+    raise AssertionError(f"{what} not healthy after {timeout} s")
+
+
+@pytest.fixture
+def prefect_server_process(tmp_path):
+    """A real `prefect server start` (SQLite in a temp PREFECT_HOME, free port); yields the env to use it."""
+    import subprocess
+    import sys
+
+    from thinkflow.inference.vllm_server import free_port
+
+    port = free_port()
+    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}  # fmt: skip
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                               str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/health", server, "prefect server")
+        yield env
+    finally:
+        server.terminate()
+        server.wait(30)

@@ -339,6 +339,19 @@ class PipelineConfig(_Strict):
         return self
 
 
+STAGE_SECTIONS = ("pretrain", "rl", "ttc", "compare")
+
+
+def drop_removed_stages(config: dict, overrides: list[str]) -> dict:
+    """``~rl`` removes the rl stage even when an experiment preset also sets rl keys (Hydra would
+    re-create a partial section from the preset's keys)."""
+    for override in overrides:
+        name = override[1:].split("=", 1)[0] if override.startswith("~") else None
+        if name in STAGE_SECTIONS:
+            config[name] = None
+    return config
+
+
 def validate(config: dict) -> PipelineConfig:
     """Validate a resolved config dict; raise ConfigError naming each bad key."""
     try:

@@ -21,7 +21,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from thinkflow.config import validate
+from thinkflow.config import drop_removed_stages, validate
 from thinkflow.tracking import Tracker, resolve_uri
 
 SWEEP_TAG = "sweep_id"
@@ -73,16 +73,25 @@ def to_markdown(table: pd.DataFrame, sid: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _tracker(config: DictConfig) -> Tracker:
+    # resolve everything but the hydra node (its job-level keys are unset outside a job)
+    plain = {key: OmegaConf.to_container(config[key], resolve=True) if OmegaConf.is_config(config[key])
+             else config[key] for key in config if key != "hydra"}  # fmt: skip
+    cfg = validate(drop_removed_stages(plain, list(config.hydra.overrides.task)))
+    return Tracker(resolve_uri(cfg.tracking.uri, cfg.paths.root), cfg.tracking.experiment, cfg.paths.root)
+
+
 class SweepSummary(Callback):
     """Hydra callback: at the end of a multirun, the table of its jobs in MLflow and on stdout."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Create (migrate) the tracking store and the experiment once, before jobs that may run in
+        # parallel (hydra/launcher=joblib) race to do it.
+        _tracker(config)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = config.hydra.sweep.dir
-        # resolve everything but the hydra node (its job-level keys are unset once the sweep ends)
-        plain = {key: OmegaConf.to_container(config[key], resolve=True) if OmegaConf.is_config(config[key])
-                 else config[key] for key in config if key != "hydra"}  # fmt: skip
-        cfg = validate(plain)
-        tracker = Tracker(resolve_uri(cfg.tracking.uri, cfg.paths.root), cfg.tracking.experiment, cfg.paths.root)
+        tracker = _tracker(config)
         sid = sweep_id(sweep_dir)
         table = summary_table(tracker, sid)
         markdown = to_markdown(table, sid)

@@ -4,7 +4,7 @@
 import pytest
 from mlflow import MlflowClient
 
-from tests.compare.test_stage import _only_compare
+from tests.compare.test_compare_stage import _only_compare
 from tests.conftest import compose
 from tests.inference.test_backends import TINY, _vllm_available
 from thinkflow.checkpoints import save_hf

@@ -2,18 +2,15 @@
 registering the nightly deployment, a run triggered through the Prefect CLI."""
 
 import json
-import os
 import subprocess
 import sys
 import time
 
-import httpx
 import pytest
 import yaml
 from mlflow import MlflowClient
 
 from tests.conftest import ROOT
-from thinkflow.inference.vllm_server import free_port
 
 
 def _wait(predicate, timeout: float, what: str, proc=None):
@@ -26,29 +23,6 @@ def _wait(predicate, timeout: float, what: str, proc=None):
             raise AssertionError(f"{what}: process exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}")
         time.sleep(1)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def prefect_server_process(tmp_path):
-    port = free_port()
-    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}  # fmt: skip
-    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                               str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-
-    def healthy():
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        _wait(healthy, 180, "prefect server", server)
-        yield env
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def _prefect(env, *args, check=True) -> subprocess.CompletedProcess:

@@ -8,14 +8,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_http
 from thinkflow.inference.vllm_server import free_port
 
 PG_BIN = next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)), None)
@@ -26,20 +25,6 @@ def _as_postgres(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     if os.geteuid() == 0:
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
-
-
-def _wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise AssertionError(f"{what} exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(1)
-    raise AssertionError(f"{what} not healthy after {timeout} s")
 
 
 @pytest.fixture
@@ -83,8 +68,8 @@ def test_pipeline_on_postgres_backed_prefect_and_mlflow_servers(tmp_path, postgr
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
     ]  # fmt: skip
     try:
-        _wait_http(f"http://127.0.0.1:{prefect_port}/api/health", servers[0], "prefect server")
-        _wait_http(f"http://127.0.0.1:{mlflow_port}/health", servers[1], "mlflow server")
+        wait_http(f"http://127.0.0.1:{prefect_port}/api/health", servers[0], "prefect server")
+        wait_http(f"http://127.0.0.1:{mlflow_port}/health", servers[1], "mlflow server")
         env = base_env | {"PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
                           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
                           "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}  # fmt: skip
