@@ -21,6 +21,7 @@ STAGE_INPUTS = {
     "ttc_eval": ("task", "ttc", "seed"),
     "compare": ("task", "compare", "seed"),
 }
+STAGE_UPSTREAM = {"pretrain": (), "rl": ("pretrain",), "ttc_eval": ("pretrain", "rl"), "compare": ("pretrain", "rl")}
 REUSED_TAG = "thinkflow.reused_from"
 
 
@@ -44,7 +45,11 @@ def stage_identity(name: str, config: dict, upstream: dict) -> dict:
     tracking = config.get("tracking") or {}
     sections["paths"] = {"root": str(root), "work_dir": str(Path(config["paths"]["work_dir"]).resolve())}
     sections["tracking"] = tracking | {"uri": resolve_uri(tracking.get("uri"), root)}
-    inputs = {stage: [r.get("identity_key"), r.get("run_id")] for stage, r in upstream.items()}
+    inputs = {
+        stage: [r.get("identity_key"), r.get("run_id")]
+        for stage, r in upstream.items()
+        if stage in STAGE_UPSTREAM[name]
+    }  # the results this stage consumes, not every earlier one
     return {"stage": name, "config": sections, "upstream": inputs, "code": code_version()}
 
 

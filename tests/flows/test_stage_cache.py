@@ -69,6 +69,11 @@ def test_identity_covers_config_upstream_and_location(tmp_path, monkeypatch):
     assert stage_identity("rl", compose(["ttc.n_max=4"], root=tmp_path), up) == same  # ttc is not an rl input
     assert stage_identity("rl", compose(["rl.lr=1e-3"], root=tmp_path), up) != same
     assert stage_identity("rl", base, {"pretrain": {"identity_key": "a", "run_id": "r2"}}) != same
+    # compare reads the pretrain and rl checkpoints, not ttc_eval's tables: a new ttc_eval run keeps it cached
+    ups = up | {"rl": {"identity_key": "b", "run_id": "r3"}}
+    assert stage_identity("compare", base, ups | {"ttc_eval": {"identity_key": "c", "run_id": "r4"}}) == stage_identity(
+        "compare", base, ups | {"ttc_eval": {"identity_key": "d", "run_id": "r5"}}
+    )
     assert stage_identity("rl", compose([], root=tmp_path / "other"), up) != same
     # a relative root names a different store from each working directory
     relative = compose(["paths.root=."])
