@@ -1,7 +1,6 @@
 """Stage reuse across pipeline runs: Prefect caches each stage on its identity (config sections,
 upstream results, code), MLflow records the reuse, and ``cache.refresh`` recomputes."""
 
-import time
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -30,16 +29,12 @@ def test_a_ttc_only_change_reuses_pretrain_and_rl(tmp_path, prefect_server):
     from flows.pipeline import pipeline
 
     config = compose(["~compare"], root=tmp_path)
-    t0 = time.perf_counter()
     first = pipeline(config)
-    first_s = time.perf_counter() - t0
     ckpt = Path(first["rl"]["checkpoint"]) / "model.safetensors"
     written = ckpt.stat().st_mtime_ns
 
     changed = compose(["~compare", "ttc.n_max=4", "ttc.ks=[1,2,4]"], root=tmp_path)
-    t0 = time.perf_counter()
     second = pipeline(changed)
-    second_s = time.perf_counter() - t0
 
     assert ckpt.stat().st_mtime_ns == written  # nothing retrained
     assert second["pretrain"]["run_id"] == first["pretrain"]["run_id"] and second["rl"] == first["rl"]
@@ -52,7 +47,8 @@ def test_a_ttc_only_change_reuses_pretrain_and_rl(tmp_path, prefect_server):
     flow_run = runs["rl"].data.tags["prefect.flow_run_id"]
     states = _task_states(flow_run)
     assert states["pretrain"] == "Cached" and states["rl"] == "Cached" and states["ttc_eval"] == "Completed"
-    assert second_s < 0.6 * first_s, (first_s, second_s)
+    # the reused stage runs hold no training metrics of their own (nothing trained; timing is for benchmarks)
+    assert "train/loss" not in runs["pretrain"].data.metrics and "rl/loss" not in runs["rl"].data.metrics
 
     # cache.refresh=[rl] recomputes RL, and so everything downstream of it, but not pretrain
     third = pipeline(compose(["~compare", "ttc.n_max=4", "ttc.ks=[1,2,4]", "cache.refresh=[rl]"], root=tmp_path))
