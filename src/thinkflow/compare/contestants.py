@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from thinkflow.compare.cache import ResponseCache
-from thinkflow.compare.client import APIClient, Endpoint, Limits, MissingKey, SpendCapReached
+from thinkflow.compare.client import APIClient, Call, Endpoint, Limits, MissingKey, SpendCapReached
 from thinkflow.compare.prompts import chat_to_text, render
 from thinkflow.config import APIConfig, ContestantConfig
 from thinkflow.inference import Sample, SamplingParams, open_engine
@@ -124,8 +124,6 @@ class APIEngine:
 
     def generate(self, prompts: list, params: SamplingParams) -> list[list[Sample]]:
         params.validate()
-        from thinkflow.compare.client import Call
-
         calls = [Call(p, params.max_new_tokens, params.temperature, params.top_p, params.stop, params.seed + j, j)
                  for p in prompts for j in range(params.n)]  # fmt: skip
         try:
