@@ -100,6 +100,15 @@ class TrainerConfig(_Strict):
     precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
     num_threads: int | None = Field(None, ge=1)  # torch threads per process; null = cores / devices
     progress_bar: bool = True
+    # How the flow starts a multi-process stage: torchrun (this node only), or DeepSpeed's launcher,
+    # which starts `devices` processes on each of the first `num_nodes` hosts of `hostfile`
+    # ("host slots=N" lines) through `multinode_runner` (pdsh over passwordless ssh, MPI or SLURM's srun).
+    launcher: Literal["torchrun", "deepspeed"] = "torchrun"
+    hostfile: str | None = None
+    multinode_runner: Literal["pdsh", "openmpi", "mpich", "impi", "mvapich", "slurm"] = "pdsh"
+    master_addr: str | None = None  # rank 0's host as the other nodes reach it; null = the hostfile's first host
+    master_port: int | None = Field(None, ge=1, le=65535)  # null = a free port on this node
+    ssh_port: int | None = Field(None, ge=1, le=65535)  # pdsh: sshd port on the hosts, when not 22
 
     @property
     def world_size(self) -> int:
@@ -109,6 +118,13 @@ class TrainerConfig(_Strict):
     def _strategy(self) -> TrainerConfig:
         if self.strategy == "deepspeed" and self.deepspeed is None:
             raise ValueError("strategy=deepspeed needs a trainer.deepspeed section (e.g. trainer=cpu_zero2)")
+        if self.num_nodes > 1 and (self.launcher != "deepspeed" or not self.hostfile):
+            raise ValueError(
+                f"trainer.num_nodes={self.num_nodes} needs trainer.launcher=deepspeed and trainer.hostfile (one "
+                "'host slots=N' line per node; see trainer=multinode_zero3): torchrun starts processes on this node only"
+            )
+        if self.launcher == "deepspeed" and self.multinode_runner != "pdsh" and self.ssh_port is not None:
+            raise ValueError("trainer.ssh_port is for multinode_runner=pdsh; configure ssh for MPI/SLURM there")
         return self
 
 

@@ -12,13 +12,22 @@ from pathlib import Path
 
 from thinkflow.caching import REUSED_TAG
 from thinkflow.compare import run_compare
-from thinkflow.config import ConfigError, PipelineConfig, validate
+from thinkflow.config import PipelineConfig, validate
 from thinkflow.distributed import world_size
 from thinkflow.distributed.launch import launch
 from thinkflow.pretrain.stage import run_pretrain
 from thinkflow.rl.stage import run_rl
 from thinkflow.stages import StageContext
-from thinkflow.tracking import FLOW_RUN_TAG, STAGE_TAG, Tracker, check_server, flatten, resolve_uri
+from thinkflow.tracking import (
+    FLOW_RUN_TAG,
+    STAGE_TAG,
+    Tracker,
+    check_server,
+    defer_run_status,
+    flatten,
+    resolve_uri,
+    server_problem,
+)
 from thinkflow.ttc.stage import run_ttc_eval
 
 StageFn = Callable[[PipelineConfig, StageContext], dict]
@@ -51,6 +60,7 @@ def start_pipeline_run(config: dict, flow_run_id: str | None, tags: dict[str, st
     cfg = validate(config)
     check_server(resolve_uri(cfg.tracking.uri, cfg.paths.root))
     tracker = open_tracker(cfg)
+    tracker.apply_pending()  # runs left open by an earlier run whose tracking server went down
     tags = {FLOW_RUN_TAG: flow_run_id or "", "pipeline.stages": ",".join(enabled_stages(cfg))} | (tags or {})
     run_id = tracker.start_run(cfg.run_name or "pipeline", tags)
     tracker.log_params(run_id, flatten(config))
@@ -60,8 +70,14 @@ def start_pipeline_run(config: dict, flow_run_id: str | None, tags: dict[str, st
 
 
 def end_pipeline_run(config: dict, run_id: str, results: dict, status: str) -> None:
-    """Copy each stage's headline metrics onto the parent run (for the runs table), then close it."""
-    tracker = open_tracker(validate(config))
+    """Copy each stage's headline metrics onto the parent run (for the runs table), then close it (or, with
+    the tracking server down, keep its status to send at the next start)."""
+    cfg = validate(config)
+    uri = resolve_uri(cfg.tracking.uri, cfg.paths.root)
+    if server_problem(uri):
+        defer_run_status(cfg.paths.root, uri, run_id, status)
+        return
+    tracker = open_tracker(cfg)
     headline = {f"{stage}/{k}": r[k] for stage, r in results.items() for k in HEADLINE_KEYS if k in r}
     tracker.log_metrics(run_id, headline)
     tracker.end_run(run_id, status)
@@ -74,14 +90,9 @@ def run_stage(name: str, config: dict, parent_run_id: str, upstream: dict, flow_
     tags = {STAGE_TAG: name, FLOW_RUN_TAG: flow_run_id or ""}
     with tracker.run(name, tags, parent_run_id=parent_run_id) as run_id:
         distributed = name in TRAINING_STAGES and world_size() == 1
-        if distributed and cfg.trainer.num_nodes > 1:
-            raise ConfigError(
-                f"trainer.num_nodes={cfg.trainer.num_nodes}: the flow launches processes on this node only; "
-                "for several nodes run the stage under your cluster launcher (torchrun --nnodes, SLURM)"
-            )
-        if distributed and cfg.trainer.world_size > 1:  # one process per rank, via torchrun
+        if distributed and cfg.trainer.world_size > 1:  # one process per rank, via the configured launcher
             spool = Path(cfg.paths.work_dir).resolve() / "launch" / run_id
-            result = launch(name, config, run_id, parent_run_id, upstream, cfg.trainer.devices, spool)
+            result = launch(name, config, run_id, parent_run_id, upstream, cfg.trainer, spool)
         else:
             result = STAGES[name](cfg, StageContext(tracker, run_id, parent_run_id, upstream))
     where = ", ".join(f"{k}={v}" for k, v in result.items() if k in ("checkpoint", "table", *HEADLINE_KEYS))

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -138,3 +139,65 @@ def test_compose_file_is_valid_and_its_variables_are_documented():
                 for src in line.split()[1:-1]:
                     assert (ROOT / src).exists(), (dockerfile, src)
     assert json.loads(json.dumps(stack.to_dict()))["services"]["worker"]["environment"]["MLFLOW_TRACKING_URI"]
+
+
+def _mlflow_server(store: str, artifacts: Path, port: int, log: Path) -> subprocess.Popen:
+    """`mlflow server` in its own process group (its web workers go down with it)."""
+    return subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "1", "--backend-store-uri", store, "--artifacts-destination",
+                             str(artifacts)], stdout=open(log, "a"), stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+
+
+@pytest.mark.slow
+def test_mlflow_server_lost_mid_stage_fails_the_run_keeps_checkpoints_and_the_rerun_resumes(tmp_path):
+    port, store, art, log = free_port(), f"sqlite:///{tmp_path}/server.db", tmp_path / "art", tmp_path / "mlflow.log"
+    uri = f"http://127.0.0.1:{port}"
+    env = os.environ | {"MLFLOW_TRACKING_URI": uri, "PREFECT_HOME": str(tmp_path / "prefect"),
+                        "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "flows" / "pipeline.py"), "experiment=tiny", f"paths.root={tmp_path}",
+           "~rl", "~ttc", "~compare", "trainer.progress_bar=false", "pretrain.max_steps=200",
+           "pretrain.ckpt_every=20", "pretrain.eval_every=200", "pretrain.log_every=5"]  # fmt: skip
+    server = _mlflow_server(store, art, port, log)
+    try:
+        wait_http(f"{uri}/health", server, "mlflow server")
+        first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)  # fmt: skip
+        work = tmp_path / "mlruns" / "work" / "pretrain"
+        deadline = time.time() + 300
+        while not list(work.glob("*/lightning/last.ckpt")):  # training is under way: take the server away
+            assert first.poll() is None and time.time() < deadline, first.stdout.read()[-3000:]
+            time.sleep(0.2)
+        _stop(server)
+        out = first.communicate(timeout=300)[0]
+        assert first.returncode != 0
+        assert f"MLflow tracking server at {uri} stopped answering while running `pretrain`" in out, out[-3000:]
+        ckpts = list(work.glob("*/lightning/last.ckpt"))
+        assert len(ckpts) == 1  # the checkpoint is kept
+        pending = [json.loads(line) for line in (tmp_path / "mlruns" / "pending_run_status.jsonl").open()]
+        assert [p["status"] for p in pending] == ["FAILED", "FAILED"]  # the stage's run, then the parent's
+
+        server = _mlflow_server(store, art, port, log)  # the server is back: rerun the same command
+        wait_http(f"{uri}/health", server, "mlflow server")
+        second = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+        assert f"pretrain: resuming from {ckpts[0]}" in second.stdout
+        assert not (tmp_path / "mlruns" / "pending_run_status.jsonl").exists()
+
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("thinkflow").experiment_id], order_by=["start_time"])
+        status = {r.info.run_id: r.info.status for r in runs}
+        assert {status[p["run_id"]] for p in pending} == {"FAILED"}  # marked once the server was back
+        failed = next(r for r in runs if r.info.run_id == pending[0]["run_id"])
+        resumed = next(r for r in runs if r.data.tags.get("stage") == "pretrain" and r.info.status == "FINISHED")
+        lost_at = max(m.step for m in client.get_metric_history(failed.info.run_id, "train/loss"))
+        steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "train/loss")]
+        assert 20 <= min(steps) <= lost_at + 5 and max(steps) >= 195  # picked up at the checkpoint, not step 0
+    finally:
+        _stop(server)

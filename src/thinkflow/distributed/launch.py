@@ -1,17 +1,28 @@
-"""Run a stage on several processes: torchrun starts one worker per rank, each worker runs
+"""Run a stage on several processes: a launcher starts one worker per rank, each worker runs
 the stage function, rank 0 writes the stage result. Started from the Prefect task as a
-subprocess, so no launcher ever re-executes the flow itself."""
+subprocess, so no launcher ever re-executes the flow itself.
+
+- ``trainer.launcher=torchrun``: ``trainer.devices`` processes on this node.
+- ``trainer.launcher=deepspeed``: DeepSpeed's own launcher (``deepspeed.launcher.runner``) starts
+  ``trainer.devices`` processes on each of the first ``trainer.num_nodes`` hosts of
+  ``trainer.hostfile``, through pdsh (passwordless ssh), MPI or SLURM. Every node needs the same
+  code and Python at the same paths (one image) and the work dir on a shared filesystem: the
+  launch spec, the result file and the checkpoints live there.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from thinkflow.config import ConfigError, TrainerConfig
 from thinkflow.tracking import write_json
 
 
@@ -26,14 +37,91 @@ def free_port() -> int:
 
 
 def root_cause(lines: list[str]) -> str:
-    """The ranks' own exception line(s) (``[rank1]: ConfigError: ...``), not torchrun's wrapper."""
-    pattern = re.compile(r"^(\[rank\d+\]: )?[\w.]+(Error|Exception): ")
+    """The ranks' own exception line(s) (``[rank1]: ConfigError: ...``, ``node2: ValueError: ...`` under
+    pdsh), not the launcher's wrapper."""
+    pattern = re.compile(r"^([\w.-]+: )?(\[rank\d+\]: )?[\w.]+(Error|Exception): ")
     found = [line for line in lines if pattern.match(line) and "ChildFailedError" not in line]
     return "; ".join(dict.fromkeys(found)) or "no exception line in the output (killed?)"
 
 
-def launch(stage: str, config: dict, run_id: str, parent_run_id: str, upstream: dict, nproc: int, spool: Path) -> dict:
-    """Run ``stage`` on ``nproc`` local processes; returns rank 0's stage result."""
+def read_hostfile(path: str | Path, num_nodes: int, devices: int) -> list[str]:
+    """The first ``num_nodes`` hosts of a DeepSpeed hostfile (``host slots=N`` per line, ``#`` comments),
+    each checked to have at least ``devices`` slots."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"trainer.hostfile={path} does not exist (one 'host slots=N' line per node)")
+    hosts: dict[str, int] = {}
+    for n, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.fullmatch(r"(\S+)\s+slots=(\d+)", line)
+        if not m:
+            raise ConfigError(f"trainer.hostfile={path} line {n}: {raw.strip()!r} is not 'host slots=N'")
+        if m[1] in hosts:
+            raise ConfigError(f"trainer.hostfile={path} line {n}: host {m[1]!r} is listed twice")
+        hosts[m[1]] = int(m[2])
+    if len(hosts) < num_nodes:
+        raise ConfigError(f"trainer.num_nodes={num_nodes} but trainer.hostfile={path} lists {len(hosts)} host(s)")
+    chosen = list(hosts)[:num_nodes]
+    short = [h for h in chosen if hosts[h] < devices]
+    if short:
+        raise ConfigError(f"trainer.devices={devices} processes per node, but {', '.join(short)} in {path} "
+                          f"has fewer slots ({', '.join(str(hosts[h]) for h in short)})")  # fmt: skip
+    return chosen
+
+
+def check_hosts(hosts: list[str], tc: TrainerConfig, spec: Path) -> None:
+    """pdsh only: every host answers over passwordless ssh (with the options pdsh will use) and sees this
+    Python and the launch spec (the work dir is shared). Fails before any process starts."""
+    if shutil.which("pdsh") is None:
+        raise ConfigError("trainer.multinode_runner=pdsh but pdsh is not installed (apt-get install pdsh)")
+    opts = shlex.split(os.environ.get("PDSH_SSH_ARGS_APPEND", "")) + (["-p", str(tc.ssh_port)] if tc.ssh_port else [])
+    probe = f"test -x {shlex.quote(sys.executable)} && test -r {shlex.quote(str(spec))}"
+    for host in hosts:
+        cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15", *opts, host, probe]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if proc.returncode == 255:
+            raise ConfigError(
+                f"host {host} (trainer.hostfile) is not reachable over passwordless ssh: {proc.stderr.strip()[-300:]}; "
+                "set up keys, or pass ssh options (key, port) in PDSH_SSH_ARGS_APPEND / trainer.ssh_port"
+            )
+        if proc.returncode != 0:
+            raise ConfigError(
+                f"host {host} does not see {sys.executable} and {spec}: every node needs the same Python at the "
+                "same path and paths.work_dir on a filesystem shared by all nodes"
+            )
+
+
+def launcher_command(tc: TrainerConfig, spec: Path, result_path: Path) -> list[str]:
+    """The command that starts every rank of the stage, each running ``thinkflow.distributed.worker``."""
+    worker = ["thinkflow.distributed.worker", str(spec), str(result_path)]
+    if tc.launcher == "torchrun":
+        return [
+            sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={tc.devices}", "--nnodes=1",
+            "--master_addr=127.0.0.1", f"--master_port={tc.master_port or free_port()}", "-m", *worker,
+        ]  # fmt: skip
+    hostfile = Path(tc.hostfile).resolve() if tc.hostfile else None
+    cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", f"--num_gpus={tc.devices}",
+           f"--master_port={tc.master_port or free_port()}", "--no_local_rank", "--module"]  # fmt: skip
+    if hostfile is None:  # one node, no hostfile: DeepSpeed's local launch
+        return [*cmd, "--master_addr=127.0.0.1", *worker]
+    hosts = read_hostfile(hostfile, tc.num_nodes, tc.devices)
+    cmd += [f"--hostfile={hostfile}", f"--num_nodes={tc.num_nodes}", f"--launcher={tc.multinode_runner}",
+            f"--master_addr={tc.master_addr or hosts[0]}", "--no_ssh_check"]  # fmt: skip
+    if tc.ssh_port:
+        cmd.append(f"--ssh_port={tc.ssh_port}")
+    if tc.num_nodes > 1:
+        cmd.append("--force_multi")
+        if tc.multinode_runner == "pdsh":
+            check_hosts(hosts, tc, spec)
+    return [*cmd, *worker]
+
+
+def launch(stage: str, config: dict, run_id: str, parent_run_id: str, upstream: dict, tc: TrainerConfig,
+           spool: Path) -> dict:  # fmt: skip
+    """Run ``stage`` on ``tc.world_size`` processes (this node, or the hostfile's nodes); returns rank 0's
+    stage result."""
     spool.mkdir(parents=True, exist_ok=True)
     spec = write_json(
         spool / "launch.json",
@@ -41,13 +129,10 @@ def launch(stage: str, config: dict, run_id: str, parent_run_id: str, upstream: 
     )
     result_path, log_path = spool / "result.json", spool / "launch.log"
     result_path.unlink(missing_ok=True)
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-        "-m", "thinkflow.distributed.worker", str(spec), str(result_path),
-    ]  # fmt: skip
-    env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
-    print(f"{stage}: launching {nproc} processes (torchrun); output in {log_path}")
+    cmd = launcher_command(tc, spec, result_path)
+    env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // tc.devices))}
+    where = f"{tc.num_nodes} nodes x {tc.devices}" if tc.num_nodes > 1 else str(tc.devices)
+    print(f"{stage}: launching {where} processes ({tc.launcher}); output in {log_path}")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for line in proc.stdout:  # echo rank output live (progress) and keep it on disk
@@ -57,7 +142,7 @@ def launch(stage: str, config: dict, run_id: str, parent_run_id: str, upstream: 
     if rc != 0 or not result_path.exists():
         lines = log_path.read_text(errors="replace").splitlines()
         raise LaunchError(
-            f"{stage} on {nproc} processes failed (exit code {rc}): {root_cause(lines)}\nlast output:\n"
+            f"{stage} on {tc.world_size} processes failed (exit code {rc}): {root_cause(lines)}\nlast output:\n"
             + "\n".join(lines[-40:])
         )
     return json.loads(result_path.read_text())

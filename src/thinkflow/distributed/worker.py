@@ -6,6 +6,7 @@ python -m torch.distributed.run --nproc_per_node 2 -m thinkflow.distributed.work
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,10 @@ def main(spec_path: str, result_path: str) -> None:
     from thinkflow.stages import StageContext
     from thinkflow.tracking import write_json
 
+    # DeepSpeed's launcher gives each process its node's index as CROSS_RANK; Lightning reads NODE_RANK
+    # (torchrun sets GROUP_RANK, which Lightning reads too).
+    if "CROSS_RANK" in os.environ:
+        os.environ.setdefault("NODE_RANK", os.environ["CROSS_RANK"])
     spec = json.loads(Path(spec_path).read_text())
     cfg = validate(spec["config"])
     tracker = open_tracker(cfg) if is_rank_zero() else NullTracker()

@@ -6,9 +6,11 @@ from thinkflow.tracking.mlflow_store import (
     Tracker,
     TrackingUnavailable,
     check_server,
+    defer_run_status,
     flatten,
     metric_key,
     resolve_uri,
+    server_problem,
     write_json,
 )
 
@@ -18,8 +20,10 @@ __all__ = [
     "Tracker",
     "TrackingUnavailable",
     "check_server",
+    "defer_run_status",
     "flatten",
     "metric_key",
     "resolve_uri",
+    "server_problem",
     "write_json",
 ]

@@ -71,34 +71,65 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
 
 
 class TrackingUnavailable(RuntimeError):
-    """The MLflow tracking server does not answer; nothing has been computed yet."""
+    """The MLflow tracking server does not answer."""
 
 
-def check_server(uri: str, timeout: float = 10.0) -> None:
-    """Fail fast, before any compute, when an HTTP tracking server does not answer its health check."""
-    if not uri.startswith(("http://", "https://")):
-        return
+# A tracking server that goes away mid-run fails the stage after ~15 s of retries (3 tries, backoff 2 s,
+# 4 s, 8 s) instead of MLflow's default of several minutes; users can set these variables themselves.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+PENDING_FILE = "pending_run_status.jsonl"  # run ends the server could not take, applied at the next start
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def server_problem(uri: str, timeout: float = 10.0) -> str:
+    """Why an HTTP tracking server is not usable ('' when it answers its health check, or is not a server)."""
+    if not is_server(uri):
+        return ""
     import httpx
 
     try:
         ok = httpx.get(uri.rstrip("/") + "/health", timeout=timeout).status_code == 200
-        reason = "" if ok else "its /health check did not return 200"
+        return "" if ok else "its /health check did not return 200"
     except httpx.HTTPError as err:
-        ok, reason = False, f"{type(err).__name__}: {err}"
-    if not ok:
+        return f"{type(err).__name__}: {err}"
+
+
+def check_server(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast, before any compute, when an HTTP tracking server does not answer its health check."""
+    reason = server_problem(uri, timeout)
+    if reason:
         raise TrackingUnavailable(
             f"MLflow tracking server at {uri} is not answering ({reason}); start it (mlflow server ...) or unset "
             "MLFLOW_TRACKING_URI / tracking.uri to use the local store under mlruns/"
         )
 
 
+def defer_run_status(root: str | Path, uri: str, run_id: str, status: str) -> None:
+    """Remember a run end the server could not take (it is down); ``apply_pending`` sends it later."""
+    path = Path(root).resolve() / "mlruns" / PENDING_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"uri": uri, "run_id": run_id, "status": status, "time": time.time()}) + "\n")
+    print(f"tracking: {uri} is down; run {run_id} will be marked {status} when a pipeline next starts")
+
+
 class Tracker:
     """Creates and closes the pipeline's runs; every method takes run ids explicitly."""
 
     def __init__(self, uri: str, experiment: str, root: str | Path) -> None:
-        self.uri = uri
+        self.uri, self.root = uri, root
+        if is_server(uri):
+            for key, value in HTTP_DEFAULTS.items():
+                os.environ.setdefault(key, value)
         self.client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = ensure_experiment(self.client, experiment, artifact_root(uri, root))
+        try:
+            self.experiment_id = ensure_experiment(self.client, experiment, artifact_root(uri, root))
+        except Exception as err:
+            self._raise_if_down(err, "opening the experiment")
+            raise
 
     def start_run(self, name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
         tags = {MLFLOW_RUN_NAME: name, **tags}
@@ -135,16 +166,52 @@ class Tracker:
         self.client.log_table(run_id, pd.DataFrame(rows), file_name)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Close the run; when the server is down, the status is kept locally and sent at the next start."""
+        if server_problem(self.uri):  # asked first: a dead server would cost a round of retries
+            defer_run_status(self.root, self.uri, run_id, status)
+            return
         self.client.set_terminated(run_id, status=status)
+
+    def apply_pending(self) -> list[str]:
+        """Send the run ends deferred while this server was down (see ``end_run``); returns their run ids."""
+        path = Path(self.root).resolve() / "mlruns" / PENDING_FILE
+        if not path.exists():
+            return []
+        entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        done = []
+        for e in entries:
+            if e["uri"] == self.uri:
+                self.client.set_terminated(e["run_id"], status=e["status"])
+                done.append(e["run_id"])
+                print(f"tracking: marked run {e['run_id']} {e['status']} (deferred while the server was down)")
+        rest = [e for e in entries if e["uri"] != self.uri]
+        if rest:
+            write_lines = "".join(json.dumps(e) + "\n" for e in rest)
+            path.write_text(write_lines)
+        else:
+            path.unlink()
+        return done
+
+    def _raise_if_down(self, err: BaseException, during: str) -> None:
+        reason = server_problem(self.uri)
+        if reason:
+            raise TrackingUnavailable(
+                f"MLflow tracking server at {self.uri} stopped answering while {during} ({reason}). Checkpoints "
+                "written so far are kept under paths.work_dir; when the server is back, rerun the same command: "
+                "training stages resume from their last checkpoint and the interrupted runs are marked FAILED"
+            ) from err
 
     @contextmanager
     def run(self, name: str, tags: dict[str, str], parent_run_id: str | None = None) -> Iterator[str]:
-        """A run that ends FINISHED, or FAILED if the body raises (and the error is re-raised)."""
+        """A run that ends FINISHED, or FAILED if the body raises (and the error is re-raised; a tracking
+        server that went down becomes a TrackingUnavailable saying so)."""
         run_id = self.start_run(name, tags, parent_run_id)
         try:
             yield run_id
-        except BaseException:
+        except BaseException as err:
             self.end_run(run_id, "FAILED")
+            if isinstance(err, Exception) and not isinstance(err, TrackingUnavailable):
+                self._raise_if_down(err, f"running `{name}`")
             raise
         self.end_run(run_id, "FINISHED")
 
