@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 # A cold ephemeral Prefect server (migrations on a fresh PREFECT_HOME) takes longer than
@@ -34,6 +35,7 @@ from thinkflow.runner import (  # noqa: E402
     STAGES,
     enabled_stages,
     end_pipeline_run,
+    profile_pipeline_run,
     record_reuse,
     run_stage,
     start_pipeline_run,
@@ -67,12 +69,19 @@ STAGE_TASKS = {name: _stage_task(name) for name in STAGES}
 def pipeline(config: dict, tags: dict[str, str] | None = None) -> dict:
     """Run every configured stage in order; returns each stage's result (paths, run ids).
     ``tags`` go on the MLflow parent run (a Hydra sweep's ``sweep_id``, job number, overrides)."""
+    t0 = time.perf_counter()
     parent = start_pipeline_run(config, flow_run.get_id(), tags)
+    setup = time.perf_counter() - t0  # config checks, tracking store and the parent run
     cfg = validate(config)
     results: dict = {}
+    reused: set[str] = set()
     try:
         for name in enabled_stages(cfg):
-            results[name] = _run_or_reuse(name, config, parent, results, cfg.cache)
+            results[name] = _run_or_reuse(name, config, parent, results, cfg.cache, reused)
+        wall = time.perf_counter() - t0
+        profile_md = profile_pipeline_run(config, parent, results, reused, wall, setup)
+        if profile_md:  # where the run's compute went, on the flow run in the Prefect UI
+            create_markdown_artifact(markdown=profile_md, key="compute-profile")
     except BaseException:
         end_pipeline_run(config, parent, results, "FAILED")
         raise
@@ -107,7 +116,7 @@ def scheduled_pipeline(config_name: str = "pipeline", overrides: list[str] | Non
     return pipeline(compose(overrides, config_name), {"trigger": "deployment"})
 
 
-def _run_or_reuse(name: str, config: dict, parent: str, results: dict, cache) -> dict:
+def _run_or_reuse(name: str, config: dict, parent: str, results: dict, cache, reused: set[str]) -> dict:
     """Run the stage's task; when Prefect serves it from the cache, record the reuse in MLflow
     (or recompute, if the files the cached result points to are gone)."""
     identity = stage_identity(name, config, results)
@@ -121,6 +130,7 @@ def _run_or_reuse(name: str, config: dict, parent: str, results: dict, cache) ->
             return STAGE_TASKS[name].with_options(refresh_cache=True).submit(config, parent, dict(results),
                                                                               identity).result()  # fmt: skip
         record_reuse(name, config, parent, result, flow_run.get_id())
+        reused.add(name)
     return result
 
 

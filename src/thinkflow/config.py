@@ -317,6 +317,12 @@ class CacheConfig(_Strict):
     refresh: list[Literal["pretrain", "rl", "ttc_eval", "compare"]] = []  # recompute these anyway
 
 
+class ProfileConfig(_Strict):
+    enabled: bool = True  # the compute-spend profile (table, share chart, roofline) on the parent run
+    measure_model: bool = True  # time prefill / decode / a training step of the final model (roofline points)
+    probe_cache: str | None = None  # where the machine probe's figures are cached; null = ~/.cache/thinkflow
+
+
 class PathsConfig(_Strict):
     root: str = "."
     work_dir: str
@@ -331,6 +337,7 @@ class PipelineConfig(_Strict):
     trainer: TrainerConfig
     tracking: TrackingConfig
     cache: CacheConfig = CacheConfig()
+    profile: ProfileConfig = ProfileConfig()
     pretrain: PretrainConfig | None = None
     rl: RLConfig | None = None
     ttc: TTCConfig | None = None

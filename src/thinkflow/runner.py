@@ -16,6 +16,7 @@ from thinkflow.config import PipelineConfig, validate
 from thinkflow.distributed import world_size
 from thinkflow.distributed.launch import launch
 from thinkflow.pretrain.stage import run_pretrain
+from thinkflow.profile import PeakMemory, pipeline_profile, stage_ledger, stage_metrics
 from thinkflow.rl.stage import run_rl
 from thinkflow.stages import StageContext
 from thinkflow.tracking import (
@@ -83,18 +84,37 @@ def end_pipeline_run(config: dict, run_id: str, results: dict, status: str) -> N
     tracker.end_run(run_id, status)
 
 
+def profile_pipeline_run(
+    config: dict, run_id: str, results: dict, reused: set[str], wall: float, setup: float
+) -> str | None:
+    """The compute-spend profile of this pipeline run on its parent run (``profile.enabled``)."""
+    cfg = validate(config)
+    if not cfg.profile.enabled:
+        return None
+    return pipeline_profile(cfg, open_tracker(cfg), run_id, results, reused, wall, setup)
+
+
 def run_stage(name: str, config: dict, parent_run_id: str, upstream: dict, flow_run_id: str | None) -> dict:
     """Run one stage inside its own MLflow child run (tagged ``stage=<name>``)."""
     cfg = validate(config)
     tracker = open_tracker(cfg)
     tags = {STAGE_TAG: name, FLOW_RUN_TAG: flow_run_id or ""}
-    with tracker.run(name, tags, parent_run_id=parent_run_id) as run_id:
-        distributed = name in TRAINING_STAGES and world_size() == 1
-        if distributed and cfg.trainer.world_size > 1:  # one process per rank, via the configured launcher
-            spool = Path(cfg.paths.work_dir).resolve() / "launch" / run_id
-            result = launch(name, config, run_id, parent_run_id, upstream, cfg.trainer, spool)
-        else:
-            result = STAGES[name](cfg, StageContext(tracker, run_id, parent_run_id, upstream))
+    memory = PeakMemory().start()
+    try:
+        with tracker.run(name, tags, parent_run_id=parent_run_id) as run_id:
+            distributed = name in TRAINING_STAGES and world_size() == 1
+            if distributed and cfg.trainer.world_size > 1:  # one process per rank, via the configured launcher
+                spool = Path(cfg.paths.work_dir).resolve() / "launch" / run_id
+                result = launch(name, config, run_id, parent_run_id, upstream, cfg.trainer, spool)
+                phases = result.pop("compute", {})  # the ranks' ledgers, summed by the worker
+            else:
+                with stage_ledger() as ledger:
+                    result = STAGES[name](cfg, StageContext(tracker, run_id, parent_run_id, upstream))
+                phases = ledger.as_dict()
+            result["profile"] = memory.stop() | {"phases": phases}  # wall, peak memory and compute by phase
+            tracker.log_metrics(run_id, stage_metrics(result["profile"]))
+    finally:
+        memory.stop()
     where = ", ".join(f"{k}={v}" for k, v in result.items() if k in ("checkpoint", "table", *HEADLINE_KEYS))
     print(f"{name}: done; MLflow run {run_id}; {where}")
     return result

@@ -48,12 +48,29 @@ def test_pipeline_parent_and_stage_runs(tmp_path, prefect_server):
         assert run.info.status == "FINISHED"
     assert parent.info.status == "FINISHED"
 
+    # the compute-spend profile: per stage on its run, the table and charts on the parent
+    for name, run in children.items():
+        assert run.data.metrics["profile/wall_s"] > 0 and run.data.metrics["profile/peak_rss_mb"] > 100, name
+        assert run.data.metrics["profile/flops"] > 0, name
+    assert children["pretrain"].data.metrics["profile/train/tokens_processed"] > 0
+    assert {"profile/rollout/flops", "profile/learn/flops", "profile/eval/flops"} <= set(children["rl"].data.metrics)
+    pm = parent.data.metrics
+    # the stage times (and the setup before the first stage) add up to the pipeline's wall time
+    assert pm["profile/accounted_wall_s"] == pytest.approx(pm["profile/pipeline_wall_s"], rel=0.05)
+    assert pm["profile/flops"] == pytest.approx(sum(r.data.metrics["profile/flops"] for r in children.values()))
+    assert sum(v for k, v in pm.items() if k.startswith("profile/share/")) == pytest.approx(1.0)
+    assert pm["profile/decode_b64/tokens_per_s"] > pm["profile/decode_b1/tokens_per_s"]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "profile")} == {
+        f"profile/{f}" for f in ("profile.md", "profile.csv", "compute_share.png", "roofline.png",
+                                 "roofline_points.csv")}  # fmt: skip
+
     # the ttc_eval summary table is a Prefect markdown artifact of the flow run
     from prefect.artifacts import Artifact
 
     artifact = Artifact.get("ttc-eval-summary")
     assert artifact is not None and str(artifact.flow_run_id) == flow_run_id
     assert "held-out problems x 8 samples" in artifact.data and "summary_md" not in result["ttc_eval"]
+    assert "Share of FLOPs: pretraining" in Artifact.get("compute-profile").data
     assert {"ttc_eval/pass_at_1", "rl/val_pass_at_1", "pretrain/val_acc"} <= set(parent.data.metrics)
 
     # The full resolved config: flattened params on the parent, an artifact too.

@@ -15,6 +15,7 @@ from thinkflow.distributed.ranks import NullTracker, is_rank_zero
 
 def main(spec_path: str, result_path: str) -> None:
     from thinkflow.config import validate
+    from thinkflow.profile.ledger import stage_ledger
     from thinkflow.runner import STAGES, open_tracker
     from thinkflow.stages import StageContext
     from thinkflow.tracking import write_json
@@ -27,9 +28,11 @@ def main(spec_path: str, result_path: str) -> None:
     cfg = validate(spec["config"])
     tracker = open_tracker(cfg) if is_rank_zero() else NullTracker()
     ctx = StageContext(tracker, spec["run_id"], spec["parent_run_id"], spec["upstream"])
-    result = STAGES[spec["stage"]](cfg, ctx)
+    with stage_ledger() as ledger:
+        result = STAGES[spec["stage"]](cfg, ctx)
+    compute = ledger.reduce().as_dict()  # every rank: a collective sum of the ranks' compute
     if is_rank_zero():
-        write_json(result_path, result)
+        write_json(result_path, result | {"compute": compute})
 
 
 if __name__ == "__main__":

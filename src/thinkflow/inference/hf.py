@@ -8,11 +8,14 @@ path in ``llama_fast``; any other HF causal LM runs through its own forward and 
 
 from __future__ import annotations
 
+import time
+
 import torch
 from transformers import DynamicCache
 
 from thinkflow.inference import llama_fast
 from thinkflow.inference.types import GenerationError, Sample, SamplingParams
+from thinkflow.profile.ledger import record_generation
 
 
 class _HFStepper:
@@ -96,7 +99,11 @@ class HFEngine:
         per_chunk = max(1, self.max_batch // params.n)
         out: list[list[Sample]] = []
         for start in range(0, len(prompts), per_chunk):
-            out.extend(self._generate_chunk(prompts[start : start + per_chunk], params, gen, start))
+            t0 = time.perf_counter()
+            chunk = self._generate_chunk(prompts[start : start + per_chunk], params, gen, start)
+            record_generation(self.model.config, [s[0].prompt_tokens for s in chunk],
+                              [[x.gen_tokens for x in s] for s in chunk], time.perf_counter() - t0)  # fmt: skip
+            out.extend(chunk)
         return out
 
     @torch.inference_mode()

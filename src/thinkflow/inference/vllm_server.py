@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from thinkflow.inference.types import GenerationError, Sample, SamplingParams
+from thinkflow.profile.ledger import record_generation
 
 DEFAULT_VENV = Path(".venv-vllm")
 
@@ -104,6 +105,14 @@ class VLLMServer:
         except OSError:
             return "(no log)"
 
+    def model_config(self):
+        """The served model's HF config (for compute accounting)."""
+        from transformers import AutoConfig
+
+        if getattr(self, "_config", None) is None:
+            self._config = AutoConfig.from_pretrained(self.model_dir)
+        return self._config
+
     def refresh_weights(self) -> float:
         """Serve the weights now in the model directory; returns the seconds it took.
 
@@ -160,7 +169,12 @@ class VLLMEngine:
             raise GenerationError("generate needs at least one prompt, got an empty list")
         out: list[list[Sample]] = []
         for start in range(0, len(prompts), self.chunk):
-            out.extend(self._request(prompts[start : start + self.chunk], params, start))
+            t0 = time.perf_counter()
+            chunk = self._request(prompts[start : start + self.chunk], params, start)
+            if self.server is not None:  # the model's config is known: book the compute
+                record_generation(self.server.model_config(), [s[0].prompt_tokens for s in chunk],
+                                  [[x.gen_tokens for x in s] for s in chunk], time.perf_counter() - t0)  # fmt: skip
+            out.extend(chunk)
         return out
 
     def _request(self, prompts: list[str], params: SamplingParams, offset: int) -> list[list[Sample]]:

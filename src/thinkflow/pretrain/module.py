@@ -12,6 +12,7 @@ import torch
 from thinkflow.distributed import full_parameters
 from thinkflow.evaluation import greedy_accuracy
 from thinkflow.inference import HFEngine
+from thinkflow.profile.ledger import record_training
 from thinkflow.tasks import Problem, Task
 
 
@@ -61,6 +62,14 @@ class CausalLMModule(pl.LightningModule):
             self.log("perf/train_tokens_per_s", self._tokens / elapsed, prog_bar=True)
             self._tokens, self._t0 = 0, time.perf_counter()
         return loss
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self._step_t0 = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        """Book the step (forward, backward, optimizer) in the stage's compute ledger."""
+        record_training("train", self.model.config, batch["attention_mask"].sum(-1).tolist(),
+                        time.perf_counter() - self._step_t0)  # fmt: skip
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.log("val/loss", self.model(**batch).loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])

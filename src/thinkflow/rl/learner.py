@@ -26,6 +26,7 @@ from thinkflow.distributed import all_mean, all_sum, full_parameters, global_ran
 from thinkflow.evaluation import greedy_accuracy, sampled_pass_at_1
 from thinkflow.inference import SamplingParams
 from thinkflow.pretrain.module import warmup_cosine
+from thinkflow.profile.ledger import phase, record_forward, record_training
 from thinkflow.rl.objectives import ObjectiveConfig, policy_loss
 from thinkflow.rl.rewards import RewardConfig
 from thinkflow.rl.rollout import collect, token_logprobs
@@ -144,7 +145,7 @@ class GRPOModule(pl.LightningModule):
 
     def collect_rollouts(self, step: int):
         """This rank's experience for RL step ``step`` from the current weights; (Rollouts, sync seconds)."""
-        with full_parameters(self.model):
+        with full_parameters(self.model), phase("rollout"):
             engine, sync_s = self.policy.engine(self.model, self.tokenizer)
             rollouts = collect(
                 engine, self.task, self._prompts(step), self.rl.group_size, self._sampling(step), self.reward_cfg,
@@ -159,14 +160,16 @@ class GRPOModule(pl.LightningModule):
         batch, adv = rollouts.batch, rollouts.advantages
         ref_logp = None
         if self.ref_model is not None:
+            t0 = time.perf_counter()
             with torch.no_grad():
                 ref_logp = token_logprobs(self.ref_model, batch)
+            record_forward("learn", self.model.config, batch.attention_mask.sum(-1).tolist(), time.perf_counter() - t0)
         order = torch.randperm(len(adv), generator=torch.Generator().manual_seed(self.seed + step))
         stats = {"rl/loss": 0.0, "rl/kl": 0.0, "rl/clip_frac": 0.0, "rl/ratio": 0.0, "rl/entropy": 0.0}
         tokens = 0
         for epoch in range(self.rl.ppo_epochs):
             for m, idx in enumerate(order.chunk(self.rl.minibatches)):
-                mb = batch.select(idx)
+                mb, t_mb = batch.select(idx), time.perf_counter()
                 logp, entropy = token_logprobs(self.model, mb, with_entropy=True)
                 out = policy_loss(
                     logp, mb.old_logp, adv[idx], mb.loss_mask, self.objective,
@@ -186,6 +189,8 @@ class GRPOModule(pl.LightningModule):
                 opt.step()
                 opt.zero_grad()
                 sched.step()
+                record_training("learn", self.model.config, mb.attention_mask.sum(-1).tolist(),
+                                time.perf_counter() - t_mb)  # fmt: skip
                 tokens += int(mb.attention_mask.sum())
                 n_tok = mb.loss_mask.sum().clamp(min=1)
                 stats["rl/loss"] += float(out.loss.detach())
