@@ -73,6 +73,83 @@ def to_markdown(table: pd.DataFrame, sid: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def job_labels(table: pd.DataFrame) -> dict[int, str]:
+    """Each job's overrides that not every job shares (what the sweep varied)."""
+    tokens = {row.job: str(row.overrides).split() for row in table.itertuples(False)}
+    common = set.intersection(*(set(t) for t in tokens.values())) if len(tokens) > 1 else set()
+    return {job: " ".join(t for t in ts if t not in common) or f"job {job}" for job, ts in tokens.items()}
+
+
+def ttc_curves(tracker: Tracker, table: pd.DataFrame, out: Path) -> Path | None:
+    """Each job's majority-vote (and pass@k) accuracy against inference FLOPs per problem, from its
+    ttc_eval run's ``ttc/points.csv`` (its last evaluated checkpoint)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    labels = job_labels(table)
+    for row in table.itertuples(False):
+        runs = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{row.run_id}' "
+                                          "and tags.stage = 'ttc_eval'")  # fmt: skip
+        if not runs:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = tracker.client.download_artifacts(runs[0].info.run_id, "ttc/points.csv", tmp)
+            except Exception:  # a failed job without points: left out of the plot
+                continue
+            points = pd.read_csv(path)
+        points = points[points.checkpoint == points.checkpoint.iloc[-1]]
+        for strategy, style in (("maj", "-o"), ("pass", ":^")):
+            p = points[points.strategy == strategy].sort_values("flops")
+            if not p.empty:
+                ax.plot(p.flops, p.accuracy, style, ms=4, label=f"{labels[row.job]}: {strategy}@k")
+    if not ax.has_data():
+        plt.close(fig)
+        return None
+    ax.set_xscale("log")
+    ax.set_xlabel("inference FLOPs per problem")
+    ax.set_ylabel("held-out accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("Accuracy vs inference compute, per sweep job", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "ttc_curves.png", dpi=120)
+    plt.close(fig)
+    return out / "ttc_curves.png"
+
+
+def decode_plot(table: pd.DataFrame, out: Path) -> Path | None:
+    """Measured decode tokens/s of each job's final model (batch 1 and 64, short and long context)."""
+    kinds = ["decode_b1", "decode_b1_long", "decode_b64", "decode_b64_long"]
+    cols = [f"profile/{k}/tokens_per_s" for k in kinds]
+    if not set(cols) <= set(table.columns):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width, labels = 0.8 / max(len(table), 1), job_labels(table)
+    for i, row in enumerate(table.to_dict("records")):
+        kv = row.get("profile/kv_bytes_per_token")
+        label = labels[row["job"]] + (f" ({kv:.0f} KV B/token)" if kv == kv else "")
+        ax.bar(np.arange(len(kinds)) + i * width, [row[c] for c in cols], width, label=label)
+    ax.set_xticks(np.arange(len(kinds)) + width * (len(table) - 1) / 2, [k.replace("_", " ") for k in kinds])
+    ax.set_yscale("log")
+    ax.set_ylabel("decode tokens/s (measured)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(out / "decode_tokens_per_s.png", dpi=120)
+    plt.close(fig)
+    return out / "decode_tokens_per_s.png"
+
+
 def _tracker(config: DictConfig) -> Tracker:
     # resolve everything but the hydra node (its job-level keys are unset outside a job)
     plain = {key: OmegaConf.to_container(config[key], resolve=True) if OmegaConf.is_config(config[key])
@@ -100,6 +177,9 @@ class SweepSummary(Callback):
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "summary.md").write_text(markdown)
                 table.to_csv(Path(tmp) / "summary.csv", index=False)
+                if not table.empty:
+                    ttc_curves(tracker, table, Path(tmp))
+                    decode_plot(table, Path(tmp))
                 tracker.log_artifacts(run_id, tmp, "sweep")
             tracker.client.set_tag(run_id, "mlflow.note.content", markdown)
         Path(sweep_dir).mkdir(parents=True, exist_ok=True)

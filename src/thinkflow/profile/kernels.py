@@ -20,7 +20,7 @@ from thinkflow.inference.kv import kv_bytes_per_token
 from thinkflow.profile.ledger import generation_totals, training_totals, weight_bytes
 from thinkflow.ttc.flops import FlopModel
 
-DECODE_TOKENS = 16
+DECODE_TOKENS = 32
 
 
 def _best(fn, repeats: int = 3) -> float:

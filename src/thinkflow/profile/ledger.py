@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
-from thinkflow.inference.kv import kv_bytes_per_token
 from thinkflow.ttc.flops import FlopModel
 
 ELEM_BYTES = 4  # fp32 weights and cache on CPU; the GPU presets halve this (bf16): bytes are an estimate
@@ -110,6 +109,8 @@ def weight_bytes(flop_model: FlopModel) -> float:
 def generation_totals(config, prompt_lens: list[int], gen_lens: list[list[int]], seconds: float) -> PhaseTotals:
     """One generation call: per prompt its length and its samples' generated lengths (the prompt is
     prefilled once and shared by its samples, as the engines do)."""
+    from thinkflow.inference.kv import kv_bytes_per_token  # the engines import this module
+
     fm, kv = FlopModel.from_config(config), kv_bytes_per_token(config)
     flops = bytes_ = 0.0
     for p, gens in zip(prompt_lens, gen_lens, strict=True):

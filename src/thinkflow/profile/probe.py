@@ -20,7 +20,13 @@ import torch
 
 
 def _device() -> str:
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu:{platform.processor() or 'unknown'}"
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or "cpu"
 
 
 def _timed(fn, min_seconds: float) -> float:
