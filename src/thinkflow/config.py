@@ -140,7 +140,36 @@ class GuardConfig(_Strict):
     stop_on_collapse: bool = False  # collapse is always logged; stop the stage only if asked
 
 
+class SlowLinkConfig(_Strict):
+    """A simulated weak interconnect between learner and actors: each transfer (weights down,
+    experience up) waits latency + bytes / bandwidth."""
+
+    latency_s: float = Field(0.0, ge=0)
+    bandwidth_mb_s: float | None = Field(None, gt=0)  # null = unlimited
+
+
+class ActorsConfig(_Strict):
+    """``rl.mode=async``: rollout actors on Ray feeding a learner (see ``thinkflow.rl.actors``)."""
+
+    num_actors: int = 2
+    max_staleness: int = 2  # drop batches generated more than this many policy versions ago
+    is_cap: float = Field(2.0, gt=0)  # truncated importance weight cap (pi_learner / pi_behaviour)
+    address: str | None = None  # null = a local Ray on this machine; "auto" or "ray://host:10001" = a cluster
+    threads: int = Field(1, ge=1)  # torch threads per actor
+    link: SlowLinkConfig = SlowLinkConfig()
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ActorsConfig:
+        if self.num_actors < 1:
+            raise ValueError(f"rl.actors.num_actors must be >= 1, got {self.num_actors}")
+        if self.max_staleness < 0:
+            raise ValueError(f"rl.actors.max_staleness must be >= 0 policy versions, got {self.max_staleness}")
+        return self
+
+
 class RLConfig(_Strict):
+    mode: Literal["sync", "async"] = "sync"  # async: Ray rollout actors with a slightly stale policy
+    actors: ActorsConfig = ActorsConfig()
     objective: Literal["grpo", "dr_grpo", "dapo"] = "grpo"
     max_steps: int = Field(ge=1)  # RL steps (one batch of rollouts each)
     prompts_per_step: int = Field(ge=1)  # per process
@@ -172,6 +201,8 @@ class RLConfig(_Strict):
     def _schedule(self) -> RLConfig:
         if self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps={self.warmup_steps} must be < max_steps={self.max_steps}")
+        if self.mode == "async" and self.backend != "hf":
+            raise ValueError("rl.mode=async runs each actor's own hf engine; set rl.backend=hf")
         if self.minibatches > self.prompts_per_step * self.group_size:
             raise ValueError(
                 f"minibatches={self.minibatches} exceeds the rollout batch of "
@@ -357,6 +388,8 @@ class PipelineConfig(_Strict):
                 f"ttc: none of ttc.checkpoints={self.ttc.checkpoints} runs in this pipeline; enable one of "
                 "those stages or set ttc.init_from"
             )
+        if self.rl is not None and self.rl.mode == "async" and self.trainer.world_size > 1:
+            raise ValueError("rl.mode=async runs one learner process with Ray actors; set trainer.devices=1")
         if self.rl is not None and self.rl.backend == "vllm" and self.trainer.world_size > 1:
             raise ValueError("rl.backend=vllm runs single-process; use backend=hf with several devices")
         return self

@@ -168,6 +168,18 @@ def test_cli_sweep_runs_one_pipeline_per_job(tmp_path):
     assert list(rows.job) == [0, 1] and "pretrain/val_acc" in rows.columns
     assert rows.overrides.str.contains("pretrain.max_steps=10").iloc[0]
     assert "# Sweep" in proc.stdout  # the table is printed at the end of the sweep
+    # the jobs' accuracy-vs-inference-FLOPs curves and their models' measured decode speed, as plots
+    plots = {a.path for a in client.list_artifacts(summary[0].info.run_id, "sweep")}
+    assert {"sweep/ttc_curves.png", "sweep/decode_tokens_per_s.png"} <= plots
+    assert (rows["profile/decode_b64/tokens_per_s"] > 0).all()
+
+
+def test_sweep_plot_labels_keep_what_the_jobs_vary():
+    from thinkflow.sweeps import job_labels
+
+    table = pd.DataFrame({"job": [0, 1], "overrides": ["model=mha experiment=x a=1", "model=mqa experiment=x a=1"]})
+    assert job_labels(table) == {0: "model=mha", 1: "model=mqa"}
+    assert job_labels(table.iloc[:1]) == {0: "model=mha experiment=x a=1"}
 
 
 @pytest.mark.slow
@@ -192,6 +204,10 @@ def test_pipeline_on_two_processes_with_zero3(tmp_path, prefect_server):
         assert all(p.numel() > 0 for p in model.parameters())
     launch_logs = list((tmp_path / "mlruns" / "work" / "launch").glob("*/launch.log"))
     assert len(launch_logs) == 2
+    # the compute profile sums the ranks' ledgers: each rank books every training step
+    train = result["pretrain"]["profile"]["phases"]["train"]
+    assert train["calls"] == 2 * config["pretrain"]["max_steps"] and train["flops"] > 0
+    assert {"rollout", "learn", "eval"} <= set(result["rl"]["profile"]["phases"])
 
 
 @pytest.mark.slow

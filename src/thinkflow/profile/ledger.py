@@ -102,6 +102,13 @@ def phase(name: str) -> Iterator[None]:
         _PHASE.reset(token)
 
 
+def book(phase_name: str, totals: dict) -> None:
+    """Add compute measured elsewhere (another process's ledger, ``as_dict`` form) to the current ledger."""
+    ledger = current()
+    if ledger is not None:
+        ledger.add(phase_name, PhaseTotals(**totals))
+
+
 def weight_bytes(flop_model: FlopModel) -> float:
     return flop_model.matmul_params * ELEM_BYTES
 

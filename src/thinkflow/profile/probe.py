@@ -23,9 +23,10 @@ def _device() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     try:
-        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        names = []
+        lines = []
+    names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
     return names[0] if names else platform.processor() or "cpu"
 
 

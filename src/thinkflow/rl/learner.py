@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytorch_lightning as pl
 import torch
@@ -26,7 +26,8 @@ from thinkflow.distributed import all_mean, all_sum, full_parameters, global_ran
 from thinkflow.evaluation import greedy_accuracy, sampled_pass_at_1
 from thinkflow.inference import SamplingParams
 from thinkflow.pretrain.module import warmup_cosine
-from thinkflow.profile.ledger import phase, record_forward, record_training
+from thinkflow.profile.ledger import book, phase, record_forward, record_training
+from thinkflow.rl.actors import truncated_is_weights
 from thinkflow.rl.objectives import ObjectiveConfig, policy_loss
 from thinkflow.rl.rewards import RewardConfig
 from thinkflow.rl.rollout import collect, token_logprobs
@@ -82,6 +83,7 @@ class GRPOModule(pl.LightningModule):
         ref_model=None,
         ckpt_hook=None,  # called with the RL step after each ckpt_every-th update (HF export)
         ckpt_dir: str = "the stage work directory",
+        source=None,  # rl.actors.AsyncExperience in rl.mode=async: experience from Ray actors
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -89,6 +91,7 @@ class GRPOModule(pl.LightningModule):
         self.train_problems, self.val_problems = train_problems, val_problems
         self.rl, self.seed, self.policy = rl, seed, policy
         self.tracker, self.run_id, self.ckpt_hook, self.ckpt_dir = tracker, run_id, ckpt_hook, ckpt_dir
+        self.source = source
         # The reference model stays outside the module tree: never trained, sharded or saved.
         object.__setattr__(self, "ref_model", ref_model)
         if rl.beta > 0 and ref_model is None:
@@ -121,6 +124,8 @@ class GRPOModule(pl.LightningModule):
         t2 = time.perf_counter()
         learn = self._learn(step, rollouts)
         self.policy.mark_updated()  # the next engine() call brings the new weights to the sampler
+        if self.source is not None:
+            self.source.publish(self.model)  # a new policy version for the actors
         learner_s = time.perf_counter() - t2
         learner_tokens = learn.pop("_tokens")
         metrics = rollouts.metrics | learn
@@ -132,6 +137,12 @@ class GRPOModule(pl.LightningModule):
             "perf/weight_sync_s": sync_s,
             "perf/step_s": time.perf_counter() - t0,
         }
+        step_s = time.perf_counter() - t0
+        if self.source is not None:
+            metrics |= self.source.step_metrics(step_s)
+        else:  # synchronous: the learner waits while the rollouts are generated, and nothing moves
+            metrics |= {"dist/learner_idle_frac": (rollout_s + sync_s) / max(step_s, 1e-9),
+                        "dist/staleness_mean": 0.0, "dist/bytes_per_step": 0.0}  # fmt: skip
         metrics = all_mean(metrics)
         metrics |= self.guards.update(metrics["rl/reward_mean"], metrics["rl/response_len"])
         metrics["rl/lr"] = self.lr_schedulers().get_last_lr()[0]
@@ -144,7 +155,15 @@ class GRPOModule(pl.LightningModule):
             self.ckpt_hook(step + 1)
 
     def collect_rollouts(self, step: int):
-        """This rank's experience for RL step ``step`` from the current weights; (Rollouts, sync seconds)."""
+        """This rank's experience for RL step ``step``; (Rollouts, sync seconds). Synchronous: sampled now
+        from the current weights. Async: the next fresh-enough batch from the actors."""
+        if self.source is not None:
+            out = self.source.next(self.model)
+            for name, totals in out["compute"].items():  # the actors' generation, in this stage's ledger
+                book(name, totals)
+            rollouts = out["rollouts"]
+            rollouts.metrics |= {"dist/behaviour_version": float(out["version"])}
+            return rollouts, 0.0
         with full_parameters(self.model), phase("rollout"):
             engine, sync_s = self.policy.engine(self.model, self.tokenizer)
             rollouts = collect(
@@ -164,6 +183,15 @@ class GRPOModule(pl.LightningModule):
             with torch.no_grad():
                 ref_logp = token_logprobs(self.ref_model, batch)
             record_forward("learn", self.model.config, batch.attention_mask.sum(-1).tolist(), time.perf_counter() - t0)
+        is_weights = None
+        if self.source is not None:  # off-policy: truncated IS weights against the learner's current policy
+            with torch.no_grad():
+                prox = token_logprobs(self.model, batch)
+            is_weights, truncated = truncated_is_weights(prox, batch.old_logp, batch.loss_mask, self.rl.actors.is_cap)
+            mask = batch.loss_mask.bool()
+            extra = {"dist/is_weight_mean": float(is_weights[mask].mean()) if mask.any() else 1.0,
+                     "dist/is_truncated_frac": truncated}  # fmt: skip
+            batch = replace(batch, old_logp=prox)  # PPO's ratio and clip are taken against the learner's policy
         order = torch.randperm(len(adv), generator=torch.Generator().manual_seed(self.seed + step))
         stats = {"rl/loss": 0.0, "rl/kl": 0.0, "rl/clip_frac": 0.0, "rl/ratio": 0.0, "rl/entropy": 0.0}
         tokens = 0
@@ -171,9 +199,10 @@ class GRPOModule(pl.LightningModule):
             for m, idx in enumerate(order.chunk(self.rl.minibatches)):
                 mb, t_mb = batch.select(idx), time.perf_counter()
                 logp, entropy = token_logprobs(self.model, mb, with_entropy=True)
+                w = None if is_weights is None else is_weights[idx][:, : mb.loss_mask.shape[1]]
                 out = policy_loss(
                     logp, mb.old_logp, adv[idx], mb.loss_mask, self.objective,
-                    None if ref_logp is None else ref_logp[idx],
+                    None if ref_logp is None else ref_logp[idx], token_weights=w,
                 )  # fmt: skip
                 finite = all_sum([float(torch.isfinite(out.loss.detach()))])[0] == world_size()
                 if not finite:
@@ -199,7 +228,7 @@ class GRPOModule(pl.LightningModule):
                 stats["rl/ratio"] += out.ratio_mean
                 stats["rl/entropy"] += float((entropy.detach() * mb.loss_mask).sum() / n_tok)
         stats = {k: v / self.updates_per_step for k, v in stats.items()}
-        return stats | {"_tokens": tokens}
+        return stats | {"_tokens": tokens} | (extra if is_weights is not None else {})
 
     @property
     def _deepspeed(self) -> bool:
@@ -309,7 +338,7 @@ class GRPOModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["thinkflow_rl"] = {
             "evals": self.evals, "samples": self.sample_rows, "rewards": self.guards.rewards,
-            "lengths": self.guards.lengths,
+            "lengths": self.guards.lengths, "actors": self.source.state() if self.source is not None else {},
         }  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -318,3 +347,5 @@ class GRPOModule(pl.LightningModule):
         self.sample_rows = state.get("samples", [])
         self.guards.rewards = state.get("rewards", [])
         self.guards.lengths = state.get("lengths", [])
+        if self.source is not None:  # a resumed learner: new actors, its policy version and counters
+            self.source.load_state(state.get("actors", {}))

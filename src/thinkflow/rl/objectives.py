@@ -71,6 +71,7 @@ def policy_loss(
     mask: torch.Tensor,  # (B, T) 1 on completion tokens
     cfg: ObjectiveConfig,
     logp_ref: torch.Tensor | None = None,  # (B, T) frozen reference, needed iff beta > 0
+    token_weights: torch.Tensor | None = None,  # (B, T) off-policy correction (truncated IS weights), no grad
 ) -> LossOutput:
     if cfg.beta > 0 and logp_ref is None:
         raise ValueError("rl.beta > 0 needs reference log-probs (a reference model), but none were given")
@@ -79,6 +80,8 @@ def policy_loss(
     ratio = torch.exp(logp_new - logp_old)  # (B, T)
     clipped = ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high)
     per_token = -torch.minimum(ratio * adv, clipped * adv)  # (B, T)
+    if token_weights is not None:
+        per_token = per_token * token_weights.detach()
     kl = torch.zeros_like(per_token)
     if cfg.beta > 0:
         delta = logp_ref - logp_new

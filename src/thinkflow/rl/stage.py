@@ -111,9 +111,10 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> dict:
 
     with ExitStack() as stack:
         policy = _policy(rc.backend, model, tokenizer, work, stack)
+        source = _actors(cfg, init, train, work, stack) if rc.mode == "async" else None
         module = GRPOModule(
             model, tokenizer, task, train, val, rc, cfg.seed, policy, tracker, run_id, ref_model=ref_model,
-            ckpt_hook=export, ckpt_dir=str(ckpt_dir),
+            ckpt_hook=export, ckpt_dir=str(ckpt_dir), source=source,
         )  # fmt: skip
         trainer = pl.Trainer(
             accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes,
@@ -129,6 +130,8 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> dict:
                     weights_only=False)  # fmt: skip
         if not module.evals or module.evals[-1]["step"] != module.rl_step:
             module.evaluate(module.rl_step)  # resumed a finished run: score it
+        if source is not None and is_rank_zero():  # the actors' final fault counters (restarts seen through)
+            tracker.log_metrics(run_id, source.settle(), step=module.rl_step)
         wall = time.perf_counter() - t0
         export(module.rl_step)
     return _finish(cfg, ctx, module, work, hf_dir, wall)
@@ -142,6 +145,18 @@ def _policy(backend: str, model, tokenizer, work: Path, stack: ExitStack):
     serve_dir = save_hf(model, tokenizer, work / "policy")
     server = stack.enter_context(VLLMServer(serve_dir))
     return VLLMPolicy(server, VLLMEngine(server.base_url, tokenizer, server=server), serve_dir)
+
+
+def _actors(cfg: PipelineConfig, init: str, train: list, work: Path, stack: ExitStack):
+    """rl.mode=async: Ray rollout actors starting from ``init`` (closed with the stage)."""
+    from thinkflow.rl.actors import AsyncExperience
+
+    task = {"name": cfg.task.name, "difficulty": cfg.task.difficulty, "source": cfg.task.source}
+    source = AsyncExperience(cfg.rl.actors, cfg.rl, init, task, train, cfg.seed, work)
+    stack.callback(source.close)
+    where = cfg.rl.actors.address or "a local Ray"
+    print(f"rl: {cfg.rl.actors.num_actors} rollout actors on {where} (pids in {work / 'actors.json'})")
+    return source
 
 
 def _finish(cfg: PipelineConfig, ctx: StageContext, module: GRPOModule, work: Path, hf_dir: Path, wall: float):
