@@ -91,8 +91,9 @@ def test_kv_bytes_per_token_matches_the_cache_tensors(kv_heads):
     assert measured == analytic * 7
 
 
-def test_fast_path_matches_hf_forward_with_left_padding():
-    model, tok = build_model_and_tokenizer(TINY, seed=4)
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])  # MQA and GQA decode take the grouped path, MHA SDPA
+def test_fast_path_matches_hf_forward_with_left_padding(kv_heads):
+    model, tok = build_model_and_tokenizer(TINY | {"n_kv_heads": kv_heads}, seed=4)
     prompts = ["1+1=", "0347*6=", "9,8,8,4:29="]
     fast = HFEngine(model, tok).generate(prompts, SamplingParams(max_new_tokens=15, ignore_eos=True))
     slow = HFEngine(model, tok, fast=False).generate(prompts, SamplingParams(max_new_tokens=15, ignore_eos=True))
