@@ -27,6 +27,7 @@ RUNS = {
     "async, 2 actors": ["rl.mode=async", "rl.actors.num_actors=2"],
     "async, 2 actors, slow link (100 ms, 10 MB/s)": ["rl.mode=async", "rl.actors.num_actors=2",
                                                      "rl.actors.link.latency_s=0.1", "rl.actors.link.bandwidth_mb_s=10"],
+    "async, 2 actors, max_staleness=1": ["rl.mode=async", "rl.actors.num_actors=2", "rl.actors.max_staleness=1"],
 }  # fmt: skip
 
 

@@ -91,7 +91,7 @@ def test_kv_bytes_per_token_matches_the_cache_tensors(kv_heads):
     assert measured == analytic * 7
 
 
-@pytest.mark.parametrize("kv_heads", [1, 2, 4])  # MQA and GQA decode take the grouped path, MHA SDPA
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])  # MQA, GQA, MHA
 def test_fast_path_matches_hf_forward_with_left_padding(kv_heads):
     model, tok = build_model_and_tokenizer(TINY | {"n_kv_heads": kv_heads}, seed=4)
     prompts = ["1+1=", "0347*6=", "9,8,8,4:29="]

@@ -89,7 +89,7 @@ def _wait_for(what: str, check, proc, timeout: float = 300):
         found = check()
         if found:
             return found
-        assert proc.poll() is None, f"the run ended before {what}:\n{proc.stdout.read()[-3000:]}"
+        assert proc.poll() is None, f"the run ended before {what} (exit code {proc.returncode})"
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -107,7 +107,9 @@ def test_async_rl_survives_a_killed_actor_and_a_killed_learner(tmp_path):
 
     cmd = [sys.executable, str(ROOT / "flows" / "pipeline.py"), f"paths.root={tmp_path}", *ASYNC]
     env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
-    first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "first.log"  # a file, not a pipe: Ray's processes would hold a pipe open after the kill
+    with open(log, "w") as out:  # the child keeps its own copy of the file descriptor
+        first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     work = tmp_path / "mlruns" / "work" / "rl"
     pids_file = lambda: next(iter(work.glob("*/actors.json")), None)  # noqa: E731
     last_ckpt = lambda: next(iter(work.glob("*/lightning/last.ckpt")), None)  # noqa: E731
@@ -118,7 +120,8 @@ def test_async_rl_survives_a_killed_actor_and_a_killed_learner(tmp_path):
     seen = last_ckpt().stat().st_mtime_ns
     _wait_for("a checkpoint after the restart", lambda: last_ckpt().stat().st_mtime_ns != seen, first)
     first.kill()  # the learner dies
-    out = first.communicate(timeout=60)[0]
+    first.wait(timeout=60)
+    out = log.read_text()
     assert "rollout actor 1 died" in out and "rollout actor 1 is back as process" in out
 
     second = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -99,17 +99,6 @@ class FastLlama:
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return w * h.to(x.dtype)
 
-    def _grouped_decode(self, q, k, v, mask) -> torch.Tensor:
-        """One query per row over a GQA/MQA cache without expanding K and V to every query head: the
-        query heads sharing a KV head are batched against it, so each cached key and value is read once
-        (SDPA's ``enable_gqa`` on CPU copies them out per query head)."""
-        b, g = q.shape[0], self.n_heads // self.n_kv
-        qg = q.view(b, self.n_kv, g, self.head_dim)  # query head h reads KV head h // g, as HF's repeat_kv
-        scores = torch.matmul(qg, k.transpose(-1, -2)) * self.scale  # (B, Hkv, G, S)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        return torch.matmul(scores.softmax(-1), v).view(b, self.n_heads, 1, self.head_dim)
-
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits of the last position for ``ids`` (B, T) written at the cache's next slots."""
@@ -134,17 +123,14 @@ class FastLlama:
             v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
             cache.k[i, :, :, start:end] = k
             cache.v[i, :, :, start:end] = v
-            if t == 1 and self.n_kv != self.n_heads:
-                o = self._grouped_decode(q, cache.k[i, :, :, :end], cache.v[i, :, :, :end], mask)
-            else:
-                o = F.scaled_dot_product_attention(
-                    q,
-                    cache.k[i, :, :, :end],
-                    cache.v[i, :, :, :end],
-                    attn_mask=mask,
-                    scale=self.scale,
-                    enable_gqa=self.n_kv != self.n_heads,
-                )
+            o = F.scaled_dot_product_attention(
+                q,
+                cache.k[i, :, :, :end],
+                cache.v[i, :, :, :end],
+                attn_mask=mask,
+                scale=self.scale,
+                enable_gqa=self.n_kv != self.n_heads,
+            )
             x = torch.addmm(x.view(b * t, -1), o.transpose(1, 2).reshape(b * t, q_dim), wo.t()).view(b, t, -1)
             gate, up = F.linear(self._rms(x, ln2), wgu).chunk(2, dim=-1)
             x = torch.addmm(x.view(b * t, -1), (F.silu(gate) * up).view(b * t, -1), wdown.t()).view(b, t, -1)

@@ -98,7 +98,8 @@ def measure_model(model, tokenizer) -> list[dict]:
     """The model's roofline points: prefill, decode (batch 1 and 64; short and long context), train step."""
     model = model.eval()
     max_len = model.config.max_position_embeddings
-    short, long = min(32, max_len // 2), max_len - DECODE_TOKENS - 1
+    long = max_len - DECODE_TOKENS - 1  # the longest context that leaves room for the decoded tokens
+    short = min(32, long // 2)
     engine = HFEngine(model, tokenizer)
     points = [prefill_point(model, tokenizer, 8, short)]
     for batch in (1, 64):
