@@ -13,14 +13,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
-from pathlib import Path
 
-from mlflow import MlflowClient
-
-from benchmarks.common import compose, machine_line, write_section
+from benchmarks.common import machine_line, rl_stage_run, write_section
 from benchmarks.rl_step import pretrained_checkpoint
-from thinkflow.runner import run_stage, start_pipeline_run
 
 RUNS = {
     "sync": ["rl.mode=sync"],
@@ -32,18 +27,7 @@ RUNS = {
 
 
 def run(init: str, steps: int, extra: list[str]) -> dict:
-    root = Path(tempfile.mkdtemp(prefix="async-rl-bench-"))
-    overrides = [f"paths.root={root}", f"rl.max_steps={steps}", f"rl.init_from={init}", "trainer.progress_bar=false",
-                 "tracking.log_checkpoint=false", *extra]  # fmt: skip
-    config = compose(overrides)
-    config.pop("hydra", None)
-    config["pretrain"] = None
-    result = run_stage("rl", config, start_pipeline_run(config, None), {}, None)
-    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
-
-    def series(key: str) -> list[float]:
-        return [m.value for m in sorted(client.get_metric_history(result["run_id"], key), key=lambda m: m.step)]
-
+    result, series = rl_stage_run(init, [f"rl.max_steps={steps}", *extra])
     last = lambda key: (series(key) or [0.0])[-1]  # noqa: E731
     return {
         "wall_s": result["wall_s"], "gain": result["gain_pass@1"], "start": result["val_pass@1_start"],

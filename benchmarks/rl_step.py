@@ -22,9 +22,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from mlflow import MlflowClient
-
-from benchmarks.common import ROOT, compose, machine_line, write_section
+from benchmarks.common import ROOT, compose, machine_line, rl_stage_run, write_section
 from thinkflow.runner import run_stage, start_pipeline_run
 
 TRL_VENV = Path("/work/trl-venv/bin/python")
@@ -39,18 +37,8 @@ def pretrained_checkpoint() -> str:
 
 
 def ours(init: str, steps: int, extra: list[str]) -> dict:
-    root = Path(tempfile.mkdtemp(prefix="rl-bench-"))
-    overrides = [f"paths.root={root}", f"rl.max_steps={steps}", f"rl.eval_every={steps}", f"rl.init_from={init}",
-                 f"rl.ckpt_every={steps}", "trainer.progress_bar=false", "tracking.log_checkpoint=false", *extra]  # fmt: skip
-    config = compose(overrides)
-    config.pop("hydra", None)
-    config["pretrain"] = None
-    result = run_stage("rl", config, start_pipeline_run(config, None), {}, None)
-    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
-
-    def series(key: str) -> list[float]:
-        return [m.value for m in sorted(client.get_metric_history(result["run_id"], key), key=lambda m: m.step)]
-
+    overrides = [f"rl.max_steps={steps}", f"rl.eval_every={steps}", f"rl.ckpt_every={steps}", *extra]
+    _, series = rl_stage_run(init, overrides)
     keys = ("step_s", "rollout_s", "learner_s", "weight_sync_s", "rollout_tokens_per_s", "learner_tokens_per_s")
     out = {k: statistics.median(series(f"perf/{k}")[WARMUP:]) for k in keys}
     out["groups_trained"] = statistics.mean(series("rl/groups_trained")[WARMUP:])
