@@ -75,13 +75,26 @@ def test_compare_view_shows_both_runs_stage_metrics(tmp_path):
                f"&experiments={quote(json.dumps([exp]))}")  # fmt: skip
         driver.get(url)
         wanted = ["train/loss", "pretrain/val_acc", *runs]  # metric names in the Metrics table, both run ids
+        seen: list[str] = []
+
+        def scrolled_into_view(d) -> bool:
+            """Read the page, then scroll it (and its scrolling tables) on, as a person reading down would:
+            the Metrics table only renders the rows in view."""
+            seen.append(d.find_element("tag name", "body").text)
+            d.execute_script(
+                "for (const el of document.querySelectorAll('*')) {"
+                "  if (el.scrollHeight > el.clientHeight + 10) el.scrollTop += 250; }"
+                "window.scrollBy(0, 250);"
+            )
+            return all(any(w in text for text in seen) for w in wanted)
+
         try:
-            WebDriverWait(driver, 90).until(lambda d: all(w in d.find_element("tag name", "body").text for w in wanted))
+            WebDriverWait(driver, 120, poll_frequency=0.5).until(scrolled_into_view)
         finally:
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(SCREENSHOTS / "mlflow_compare_runs.png"))
-            (SCREENSHOTS / "mlflow_compare_runs.txt").write_text(driver.find_element("tag name", "body").text)
-        body = driver.find_element("tag name", "body").text
+            (SCREENSHOTS / "mlflow_compare_runs.txt").write_text("\n".join(seen))
+        body = "\n".join(seen)
         for loss in losses:  # each run's own val/loss, as the table rounds it (4 significant digits)
             assert f"{loss:.4g}" in body, (loss, body[-3000:])
     finally:
