@@ -5,7 +5,6 @@ from __future__ import annotations
 import platform
 import re
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,20 +18,6 @@ def compose(overrides: list[str] | None = None) -> dict:
     from flows.pipeline import compose as compose_config
 
     return compose_config(overrides)
-
-
-def matmul_flops_per_s(n: int = 1024, repeats: int = 20) -> float:
-    """Measured fp32 GEMM rate of this machine (the MFU denominator)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 * repeats / best
 
 
 def machine_line() -> str:

@@ -17,11 +17,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.common import compose, machine_line, matmul_flops_per_s, write_section
+from benchmarks.common import compose, machine_line, write_section
 from thinkflow.config import validate
 from thinkflow.models import build_model_and_tokenizer, n_params
 from thinkflow.pretrain.data import collate, encode_examples
 from thinkflow.pretrain.module import CausalLMModule
+from thinkflow.profile.probe import machine_peaks
 from thinkflow.tasks import build_task
 
 
@@ -103,7 +104,7 @@ def main() -> None:
         plain.append(plain_loop(cfg, batches, args.warmup))
         light.append(lightning_loop(cfg, batches, args.warmup))
     ratios = [lt / p for lt, p in zip(light, plain, strict=False)]
-    peak = matmul_flops_per_s()
+    peak = machine_peaks()["peak_flops"]  # the profile's probe: fp32 1024x1024 matmul, cached per machine
     model, _ = build_model_and_tokenizer(cfg.model.model_dump())
     seq = statistics.mean(b["input_ids"].shape[1] for b in batches)
     # 6 N per token for the dense weights + 12 L d T for attention scores/values (fwd + bwd).
