@@ -9,70 +9,14 @@ value with the target.
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter
-from fractions import Fraction
 
 from thinkflow.tasks.base import Problem, SyntheticTask, TaskError
+from thinkflow.tasks.expr import ExprError, ExprLimits, parse_expression
 
-_TOKEN = re.compile(r"\s*(?:(\d{1,6})|([-+*/()]))", re.ASCII)
-MAX_EXPR_CHARS = 200
+__all__ = ["Countdown", "ExprError", "parse_expression"]
 
-
-class ExprError(ValueError):
-    pass
-
-
-def parse_expression(text: str) -> tuple[Fraction, list[int]]:
-    """Value and the integer literals of an arithmetic expression over + - * / and ()."""
-    if len(text) > MAX_EXPR_CHARS:
-        raise ExprError("expression too long")
-    tokens, pos = [], 0
-    text = text.strip()
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if not m or m.end() == pos:
-            raise ExprError(f"unexpected character at {pos}")
-        tokens.append(int(m.group(1)) if m.group(1) else m.group(2))
-        pos = m.end()
-    literals: list[int] = []
-    value, rest = _sum(tokens, literals)
-    if rest:
-        raise ExprError("trailing tokens")
-    return value, literals
-
-
-def _sum(toks: list, lits: list[int]) -> tuple[Fraction, list]:
-    value, toks = _product(toks, lits)
-    while toks and toks[0] in ("+", "-"):
-        op, (rhs, toks) = toks[0], _product(toks[1:], lits)
-        value = value + rhs if op == "+" else value - rhs
-    return value, toks
-
-
-def _product(toks: list, lits: list[int]) -> tuple[Fraction, list]:
-    value, toks = _atom(toks, lits)
-    while toks and toks[0] in ("*", "/"):
-        op, (rhs, toks) = toks[0], _atom(toks[1:], lits)
-        if op == "/" and rhs == 0:
-            raise ExprError("division by zero")
-        value = value * rhs if op == "*" else value / rhs
-    return value, toks
-
-
-def _atom(toks: list, lits: list[int]) -> tuple[Fraction, list]:
-    if not toks:
-        raise ExprError("unexpected end")
-    head = toks[0]
-    if isinstance(head, int):
-        lits.append(head)
-        return Fraction(head), toks[1:]
-    if head == "(":
-        value, rest = _sum(toks[1:], lits)
-        if not rest or rest[0] != ")":
-            raise ExprError("unbalanced parenthesis")
-        return value, rest[1:]
-    raise ExprError(f"unexpected token {head!r}")
+COUNTDOWN_LIMITS = ExprLimits(max_digits=6, unary_minus=False)  # only the four binary operators
 
 
 class Countdown(SyntheticTask):
@@ -116,7 +60,7 @@ class Countdown(SyntheticTask):
         if expr is None:
             return False
         try:
-            value, literals = parse_expression(expr)
+            value, literals = parse_expression(expr, COUNTDOWN_LIMITS)
         except ExprError:
             return False
         return Counter(literals) == Counter(problem.meta["numbers"]) and value == problem.meta["target"]
