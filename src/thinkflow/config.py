@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from thinkflow.tasks import TASKS
+from thinkflow.tasks import TASKS, build_task
 
 
 class ConfigError(ValueError):
@@ -22,11 +22,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
 
+class SandboxConfig(_Strict):
+    """Limits on every program the code environment runs (envs.sandbox)."""
+
+    cpu_s: float = Field(2.0, gt=0)
+    wall_s: float = Field(5.0, gt=0)
+    memory_mb: int = Field(512, ge=32)
+    file_mb: float = Field(1.0, gt=0)
+
+
+class EnvConfig(_Strict):
+    """Environment tasks (calc, code): the episode's rules."""
+
+    tools: bool = True  # calc: the calculator is there (false: the same problems answered directly)
+    terms: int = Field(1, ge=1, le=4)  # calc: products summed per problem
+    max_turns: int | None = Field(None, ge=1)  # null: the task's default (calc 8, code 1)
+    sandbox: SandboxConfig = SandboxConfig()
+
+
 class TaskConfig(_Strict):
     name: str
     difficulty: int = Field(3, ge=1)
     source: str | None = None  # GSM8K: hub id or local directory/JSONL
     n_test: int = Field(256, ge=1)
+    env: EnvConfig = EnvConfig()
+
+    def build(self):
+        """The task this config names (``tasks.build_task``)."""
+        return build_task(self.name, self.difficulty, self.source, self.env.model_dump())
 
     @model_validator(mode="after")
     def _known(self) -> TaskConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from thinkflow.envs import sample_verdict, with_env
 from thinkflow.inference import SamplingParams
 from thinkflow.tasks import Problem, Task
 
@@ -20,10 +21,10 @@ class GreedyResult:
 def greedy_accuracy(engine, task: Task, problems: list[Problem], max_new_tokens: int) -> GreedyResult:
     """Greedy exact-match accuracy of ``engine`` on ``problems``."""
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-    samples = engine.generate([p.prompt for p in problems], params)
+    samples = with_env(engine, task, problems).generate([p.prompt for p in problems], params)
     rows, correct, no_answer, tokens = [], 0, 0, 0
     for problem, (sample,) in zip(problems, samples, strict=True):
-        ok = task.verify(sample.text, problem)
+        ok, _ = sample_verdict(task, problem, sample)
         correct += ok
         no_answer += task.extract_answer(sample.text) is None
         tokens += sample.gen_tokens
@@ -53,7 +54,7 @@ def sampled_pass_at_1(
 ) -> SampledResult:
     """pass@1 of temperature sampling: ``n`` samples per problem, mean correctness."""
     params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    groups = engine.generate([p.prompt for p in problems], params)
-    correct = [sum(task.verify(s.text, p) for s in g) for p, g in zip(problems, groups, strict=True)]
+    groups = with_env(engine, task, problems).generate([p.prompt for p in problems], params)
+    correct = [sum(sample_verdict(task, p, s)[0] for s in g) for p, g in zip(problems, groups, strict=True)]
     tokens = sum(s.gen_tokens for g in groups for s in g)
     return SampledResult(sum(correct) / (n * len(problems)), len(problems), n, tokens, correct)

@@ -44,8 +44,9 @@ class ScriptedOpenAIServer:
         usd_per_mtok_out: float = 0.0,
         port: int = 0,
         delim: str = "####",  # the task's answer delimiter
+        respond=None,  # (prompt, seed, temperature) -> answer text: scripts any other task
     ) -> None:
-        self.delim = delim
+        self.delim, self.respond = delim, respond
         self.answers, self.accuracy, self.latency_s = answers or {}, accuracy, latency_s
         self.faults, self.slow_s, self.retry_after_s = list(faults or [None]), slow_s, retry_after_s
         self.api_key, self.prices = api_key, (usd_per_mtok_in, usd_per_mtok_out)
@@ -94,6 +95,8 @@ class ScriptedOpenAIServer:
 
     # ---- answering --------------------------------------------------------------------------
     def answer(self, prompt: str, seed: int, temperature: float) -> str:
+        if self.respond is not None:
+            return self.respond(prompt, seed, temperature)
         # the known question that occurs last in the prompt (few-shot prompts show solved ones first)
         where = {q: prompt.rfind(q) for q in self.answers}
         question = max(where, key=where.get, default=None)
@@ -151,6 +154,8 @@ class ScriptedOpenAIServer:
                 chat = self.path.endswith("/chat/completions")
                 prompt = "\n".join(m["content"] for m in body["messages"]) if chat else body["prompt"]
                 text = server.answer(prompt, int(body.get("seed") or 0), float(body.get("temperature", 1.0)))
+                for stop in body.get("stop") or []:  # like the real APIs: the text ends before a stop string
+                    text = text.split(stop, 1)[0]
                 usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())}
                 usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
                 if fault == "malformed":

@@ -18,6 +18,8 @@ Chat = tuple[tuple[str, str], ...]  # ((role, content), ...)
 
 
 def instruction(task: Task) -> str:
+    if getattr(task, "chat_instruction", None):  # environment tasks say how to act in their own words
+        return task.chat_instruction
     return (
         "Solve the problem step by step. On the last line write the final answer as "
         f"'{task.answer_delim} <answer>' and nothing after it."

@@ -50,6 +50,7 @@ def comparison_table(points: pd.DataFrame, summaries: dict[str, dict]) -> pd.Dat
             row |= {"n_problems": int(p.n_problems.iloc[0])}
         row |= {k: s.get(k) for k in ("tokens_out", "cost_usd", "flops", "wall_s", "api_paid_calls", "api_cache_hits",
                                        "api_retries")}  # fmt: skip
+        row |= {k: v for k, v in s.items() if k.startswith("env/")}  # environment tasks' episode counts
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -92,6 +93,13 @@ def markdown(table: pd.DataFrame, matched: dict[str, pd.DataFrame], n_problems: 
                      f"| {maj} | {pas} | {_fmt(r.get('usd_per_problem_greedy'))} | "
                      f"{_fmt(r.get('flops_per_problem_greedy'))} | {_fmt(r.get('tokens_out'), '.0f')} | "
                      f"{_fmt(r.get('cost_usd'))} | {status} |")  # fmt: skip
+    if "env/sandbox_violations" in table.columns or "env/tool_calls_per_episode" in table.columns:
+        lines += ["", "| contestant | tool calls / episode | invalid actions / episode | sandbox violations | "
+                  "env seconds | mean reward |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for r in table.to_dict("records"):
+            cells = [_fmt(r.get(f"env/{k}"), ".2f") for k in ("tool_calls_per_episode", "invalid_actions_per_episode",
+                     "sandbox_violations", "seconds", "mean_reward")]  # fmt: skip
+            lines.append(f"| {r['contestant']} | " + " | ".join(cells) + " |")
     for by, m in matched.items():
         if m.empty:
             continue

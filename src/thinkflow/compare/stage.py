@@ -29,10 +29,10 @@ from thinkflow.compare.contestants import Contestant, Skip, open_contestant
 from thinkflow.compare.prompts import stop_strings
 from thinkflow.compare.report import comparison_table, cost_plot, markdown, matched_compute
 from thinkflow.config import PipelineConfig
+from thinkflow.envs import with_env
 from thinkflow.inference import GenerationError, SamplingParams
 from thinkflow.models import CheckpointError
 from thinkflow.stages import StageContext, config_key, stage_work_dir
-from thinkflow.tasks import build_task
 from thinkflow.tracking import FLOW_RUN_TAG, STAGE_TAG, write_json
 from thinkflow.ttc.curves import curve_points, per_problem, problem_compute
 from thinkflow.ttc.estimators import bootstrap_ci
@@ -45,7 +45,7 @@ log = logging.getLogger("thinkflow.compare")
 
 def run_compare(cfg: PipelineConfig, ctx: StageContext) -> dict:
     cc = cfg.compare
-    task = build_task(cfg.task.name, cfg.task.difficulty, cfg.task.source)
+    task = cfg.task.build()
     shots_needed = max(c.fewshot for c in cc.entrants.values())
     train, problems = task.splits(shots_needed, cc.n_problems or cfg.task.n_test, seed=cfg.seed)
     upstream_ckpts = {k: v.get("checkpoint") for k, v in ctx.upstream.items() if isinstance(v, dict)}
@@ -94,14 +94,15 @@ def evaluate(c: Contestant, task, problems, train, cc) -> tuple[pd.DataFrame, pd
     max_new = c.spec.max_new_tokens or cc.max_new_tokens
     stop = stop_strings(c.spec.prompt)
     prompts = [c.prompt(task, p, train) for p in problems]
+    engine = with_env(c.engine, task, problems)  # environment tasks: every answer is an episode
     status, note = "ok", ""
-    greedy, t_greedy, capped = _generate(c, prompts, SamplingParams(1, 0.0, max_new_tokens=max_new, stop=stop,
+    greedy, t_greedy, capped = _generate(c, engine, prompts, SamplingParams(1, 0.0, max_new_tokens=max_new, stop=stop,
                                                                     seed=cc.seed))  # fmt: skip
     n = max(cc.ks) if {"pass", "maj"} & set(cc.strategies) else 0
     sampled, t_sampled = [[] for _ in problems], 0.0
     if n and not capped:
         params = SamplingParams(n, cc.temperature, max_new_tokens=max_new, stop=stop, seed=cc.seed + 1)
-        sampled, t_sampled, capped = _generate(c, prompts, params)
+        sampled, t_sampled, capped = _generate(c, engine, prompts, params)
     if capped:
         status, note = "partial", capped
     keep = [i for i in range(len(problems)) if len(greedy[i]) == 1 and (not n or len(sampled[i]) == n)]
@@ -131,7 +132,7 @@ def evaluate(c: Contestant, task, problems, train, cc) -> tuple[pd.DataFrame, pd
         budgets = budget_points(c.engine, task, rendered, c.name, c.flop_model, max_new, cc.budgets, [],
                                 cc.bootstrap, cc.answer_tokens)  # fmt: skip
     table = pd.concat(tables, ignore_index=True)
-    summary = {"status": status, "note": note.strip("; "), "n_problems": len(kept),
+    summary = _episode_totals(table) | {"status": status, "note": note.strip("; "), "n_problems": len(kept),
                "tokens_out": int(table.gen_tokens.sum()), "cost_usd": float(table.usd.sum()),
                "flops": float(table.flops.sum()), "wall_s": t_greedy + t_sampled}  # fmt: skip
     if c.client is not None:
@@ -141,11 +142,21 @@ def evaluate(c: Contestant, task, problems, train, cc) -> tuple[pd.DataFrame, pd
     return points, budgets, table, summary
 
 
-def _generate(c: Contestant, prompts: list, params: SamplingParams) -> tuple[list, float, str]:
+def _episode_totals(table: pd.DataFrame) -> dict:
+    """Environment tasks: tool calls and invalid actions per episode, sandbox violations, environment seconds."""
+    if "tool_calls" not in table.columns:
+        return {}
+    return {"env/tool_calls_per_episode": float(table.tool_calls.mean()),
+            "env/invalid_actions_per_episode": float(table.invalid_actions.mean()),
+            "env/sandbox_violations": float(table.sandbox_violations.sum()), "env/seconds": float(table.env_s.sum()),
+            "env/mean_reward": float(table.reward.mean())}  # fmt: skip
+
+
+def _generate(c: Contestant, engine, prompts: list, params: SamplingParams) -> tuple[list, float, str]:
     """(groups, wall seconds, spend-cap note or ""); partial groups are kept when the cap stops it."""
     t0 = time.perf_counter()
     try:
-        groups, capped = c.engine.generate(prompts, params), ""
+        groups, capped = engine.generate(prompts, params), ""
     except SpendCapReached as stop:
         groups, capped = stop.results, str(stop)
     return groups, time.perf_counter() - t0, capped
@@ -184,8 +195,9 @@ def _log_contestant(ctx, run_id: str, points: pd.DataFrame, budgets: pd.DataFram
                                        r.flops}, step=int(r.k))  # fmt: skip
     for r in budgets.itertuples():
         t.log_metrics(run_id, {"compare/budget_acc": r.accuracy}, step=int(r.knob))
-    totals = {f"compare/{k}": float(s[k]) for k in ("cost_usd", "tokens_out", "flops", "wall_s", "n_problems",
-              "api_paid_calls", "api_cache_hits", "api_retries") if k in s and np.isfinite(float(s[k]))}  # fmt: skip
+    keys = ("cost_usd", "tokens_out", "flops", "wall_s", "n_problems", "api_paid_calls", "api_cache_hits",
+            "api_retries", *(k for k in s if k.startswith("env/")))  # fmt: skip
+    totals = {f"compare/{k}": float(s[k]) for k in keys if k in s and np.isfinite(float(s[k]))}
     t.log_metrics(run_id, totals)
 
 

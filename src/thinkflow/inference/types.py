@@ -47,6 +47,10 @@ class Sample:
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
     prompt_tokens: int
     gen_tokens: int = -1  # defaults to len(token_ids); API backends report a count without the ids
+    # Environment episodes (envs.episodes): 1 where token_ids[i] was written by the model, 0 for the
+    # environment's observations; and the episode's reward and counts.
+    mask: list[int] | None = None
+    env: dict | None = None
 
     def __post_init__(self) -> None:
         if self.gen_tokens < 0:

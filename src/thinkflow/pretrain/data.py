@@ -13,14 +13,21 @@ IGNORE = -100
 
 
 def encode_examples(problems: list[Problem], task: Task, tokenizer) -> datasets.Dataset:
-    """``<bos> prompt completion <eos>`` token ids; labels mask the prompt with -100."""
+    """``<bos> prompt completion <eos>`` token ids; labels mask the prompt with -100, and in environment
+    traces also the observations (tool results the model reads but does not write)."""
     prompts = tokenizer([p.prompt for p in problems]).input_ids  # with <bos>
-    completions = tokenizer([task.completion(p) for p in problems], add_special_tokens=False).input_ids
+    segments = [task.completion_segments(p) for p in problems]
+    pieces = iter(tokenizer([t for seg in segments for t, _ in seg], add_special_tokens=False).input_ids)
     eos = tokenizer.eos_token_id
     input_ids, labels = [], []
-    for prompt, completion in zip(prompts, completions, strict=True):
-        input_ids.append(prompt + completion + [eos])
-        labels.append([IGNORE] * len(prompt) + completion + [eos])
+    for prompt, seg in zip(prompts, segments, strict=True):
+        ids, lab = list(prompt), [IGNORE] * len(prompt)
+        for _, trained in seg:
+            piece = next(pieces)
+            ids += piece
+            lab += piece if trained else [IGNORE] * len(piece)
+        input_ids.append(ids + [eos])
+        labels.append(lab + [eos])
     return datasets.Dataset.from_dict({"input_ids": input_ids, "labels": labels})
 
 

@@ -22,7 +22,6 @@ from thinkflow.models import build_model_and_tokenizer, load_checkpoint, n_param
 from thinkflow.pretrain.data import TraceDataModule
 from thinkflow.pretrain.module import CausalLMModule
 from thinkflow.stages import StageContext, stage_work_dir
-from thinkflow.tasks import build_task
 from thinkflow.tracking import flatten, write_json
 from thinkflow.tracking.lightning import TrackerLogger
 
@@ -43,7 +42,7 @@ def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> dict:
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    task = build_task(cfg.task.name, cfg.task.difficulty, cfg.task.source)
+    task = cfg.task.build()
     train, test = task.splits(pc.max_steps * pc.batch_size, cfg.task.n_test, seed=cfg.seed)
     if pc.init_from:
         model, tokenizer = load_checkpoint(pc.init_from)

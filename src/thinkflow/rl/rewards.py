@@ -41,16 +41,19 @@ def score(
     texts: list[str],
     cfg: RewardConfig,
     extra: Callable[[Problem, str], float] | None = None,
+    verdicts: list[tuple[bool, float]] | None = None,
 ) -> RewardBatch:
-    """Reward per (problem, completion) pair; ``extra`` is an optional user reward term."""
+    """Reward per (problem, completion) pair; ``extra`` is an optional user reward term. ``verdicts``:
+    (solved, reward in [0, 1]) per pair where an environment already judged the episode (e.g. the
+    share of unit tests passed); otherwise the task's verifier gives 0 or 1."""
     if len(problems) != len(texts):
         raise ValueError(f"{len(problems)} problems but {len(texts)} completions")
     rewards, correct, formed, failures, messages = [], [], [], 0, []
-    for problem, text in zip(problems, texts, strict=True):
+    for i, (problem, text) in enumerate(zip(problems, texts, strict=True)):
         try:
-            ok = bool(task.verify(text, problem))
+            ok, earned = verdicts[i] if verdicts is not None else (bool(task.verify(text, problem)), None)
             form = well_formed(task, text)
-            value = cfg.correct_weight * ok + cfg.format_weight * form
+            value = cfg.correct_weight * (ok if earned is None else earned) + cfg.format_weight * form
             if extra is not None:
                 value += float(extra(problem, text))
             if not math.isfinite(value):

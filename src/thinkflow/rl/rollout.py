@@ -52,7 +52,8 @@ def build_batch(tokenizer, prompts: list[str], samples: list[Sample]) -> Rollout
         ids[i, : len(row)] = torch.tensor(row)
         attn[i, : len(row)] = 1
         start = len(prompt_ids[s.prompt_index]) - 1  # target index of the first completion token
-        loss_mask[i, start : start + len(s.token_ids)] = 1
+        # episodes: only the model's own tokens are trained on, never the environment's observations
+        loss_mask[i, start : start + len(s.token_ids)] = torch.tensor(s.mask, dtype=torch.float) if s.mask else 1
         old_logp[i, start : start + len(s.token_ids)] = torch.tensor(s.logprobs)
     return RolloutBatch(ids, attn, loss_mask, old_logp, torch.tensor([s.prompt_index for s in samples]))
 
@@ -83,11 +84,14 @@ class Rollouts:
 
 def _sample_groups(engine, task, problems, group_size, params, reward_cfg, extra_reward):
     """(samples grouped per problem, (groups, G) rewards, RewardBatch) for one sampling round."""
+    from thinkflow.envs import sample_verdict, with_env
     from thinkflow.rl.rewards import score
 
-    groups = engine.generate([p.prompt for p in problems], replace(params, n=group_size))
+    groups = with_env(engine, task, problems).generate([p.prompt for p in problems], replace(params, n=group_size))
     flat = [s for g in groups for s in g]
-    scored = score(task, [problems[s.prompt_index] for s in flat], [s.text for s in flat], reward_cfg, extra_reward)
+    owners = [problems[s.prompt_index] for s in flat]
+    verdicts = [sample_verdict(task, p, s) for p, s in zip(owners, flat, strict=True)] if flat[0].env else None
+    scored = score(task, owners, [s.text for s in flat], reward_cfg, extra_reward, verdicts)
     return groups, scored.rewards.view(len(problems), group_size), scored
 
 
@@ -110,6 +114,7 @@ def collect(
     extra rounds, samples fresh problems from ``more_problems(n)`` to fill the batch back up.
     The policy statistics in ``metrics`` describe the first round (the policy as it is).
     """
+    from thinkflow.envs import env_metrics
     from thinkflow.rl.objectives import group_advantages, informative_groups
 
     if group_size < 2:
@@ -125,7 +130,7 @@ def collect(
         "rl/format_ok": float(scored.well_formed.float().mean()),
         "rl/response_len": float(sum(s.gen_tokens for s in samples) / len(samples)),
         "rl/reward_failures": float(scored.failures),
-    }
+    } | env_metrics(samples)
     gen_tokens = sum(s.gen_tokens for s in samples)
     kept = list(zip(problems, groups, rewards, strict=True))
     if objective_cfg.name == "dapo":

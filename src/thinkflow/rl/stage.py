@@ -29,11 +29,11 @@ from thinkflow.checkpoints import save_hf, training_dirs
 from thinkflow.config import ConfigError, PipelineConfig
 from thinkflow.distributed import full_parameters, is_rank_zero
 from thinkflow.distributed.strategy import build_strategy
+from thinkflow.envs import EnvTask, transcripts_markdown
 from thinkflow.models import load_checkpoint, n_params
 from thinkflow.rl.learner import GRPOModule
 from thinkflow.rl.sync import InProcessPolicy, VLLMPolicy
 from thinkflow.stages import StageContext, config_key, stage_work_dir
-from thinkflow.tasks import build_task
 from thinkflow.tracking import flatten, write_json
 
 
@@ -89,7 +89,7 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> dict:
     init = starting_checkpoint(cfg, ctx.upstream)
     model, tokenizer = load_checkpoint(init)
     model.train()
-    task = build_task(cfg.task.name, cfg.task.difficulty, cfg.task.source)
+    task = cfg.task.build()
     n_pool = rc.max_steps * rc.prompts_per_step * tc.world_size * (1 + rc.max_refill)
     train, val = task.splits(min(n_pool, 50_000), cfg.task.n_test, seed=cfg.seed)
     _check_lengths(tokenizer, train[:1000] + val, model, rc.max_new_tokens)
@@ -151,7 +151,7 @@ def _actors(cfg: PipelineConfig, init: str, train: list, work: Path, stack: Exit
     """rl.mode=async: Ray rollout actors starting from ``init`` (closed with the stage)."""
     from thinkflow.rl.actors import AsyncExperience
 
-    task = {"name": cfg.task.name, "difficulty": cfg.task.difficulty, "source": cfg.task.source}
+    task = cfg.task.model_dump(exclude={"n_test"})
     source = AsyncExperience(cfg.rl.actors, cfg.rl, init, task, train, cfg.seed, work)
     stack.callback(source.close)
     where = cfg.rl.actors.address or "a local Ray"
@@ -178,6 +178,12 @@ def _finish(cfg: PipelineConfig, ctx: StageContext, module: GRPOModule, work: Pa
     if module.sample_rows:
         tracker.log_table(run_id, module.sample_rows, "samples/rollouts.json")
     tracker.log_text(run_id, "\n".join(json.dumps(r) for r in module.last_val_rows), "samples/val_greedy.jsonl")
+    if isinstance(module.task, EnvTask):  # episodes to read: the last recorded RL batch, the held-out greedy ones
+        name, rows = module.task.name, module.sample_rows
+        rows = [r for r in rows if r["step"] == rows[-1]["step"]] if rows else []
+        text = transcripts_markdown(f"{name}: RL rollouts at step {rows[0]['step']}", rows) if rows else ""
+        val = transcripts_markdown(f"{name}: held-out episodes, greedy, final policy", module.last_val_rows)
+        tracker.log_text(run_id, text + "\n" + val, "samples/transcripts.md")
     tracker.log_dict(run_id, {"evals": module.evals}, "rl/evals.json")
     if cfg.tracking.log_checkpoint:
         tracker.log_artifacts(run_id, hf_dir, "checkpoint")

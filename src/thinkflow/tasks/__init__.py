@@ -7,16 +7,32 @@ from thinkflow.tasks.base import Problem, SyntheticTask, Task, TaskError
 from thinkflow.tasks.countdown import Countdown
 from thinkflow.tasks.gsm8k import GSM8K
 
-TASKS = {"addition": Addition, "multiplication": Multiplication, "countdown": Countdown, "gsm8k": GSM8K}
+ENV_TASKS = ("calc", "code")  # solved through an environment (thinkflow.envs)
+TASKS = {"addition": Addition, "multiplication": Multiplication, "countdown": Countdown, "gsm8k": GSM8K,
+         **dict.fromkeys(ENV_TASKS)}  # fmt: skip
 
 
-def build_task(name: str, difficulty: int = 3, source: str | None = None) -> Task:
-    """Task by name; synthetic tasks take ``difficulty``, GSM8K takes ``source``."""
+def build_task(name: str, difficulty: int = 3, source: str | None = None, env: dict | None = None) -> Task:
+    """Task by name; synthetic tasks take ``difficulty``, GSM8K takes ``source``, environment tasks
+    ``env`` (``task.env``: tools, terms, max_turns, sandbox limits)."""
     if name not in TASKS:
         raise TaskError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
     if name == "gsm8k":
         return GSM8K(source=source or "openai/gsm8k")
+    if name in ENV_TASKS:
+        return _env_task(name, difficulty, env or {})
     return TASKS[name](difficulty)
+
+
+def _env_task(name: str, difficulty: int, env: dict) -> Task:
+    from thinkflow.envs.calculator import ToolArithmetic  # envs build on tasks: imported when asked for
+    from thinkflow.envs.code import CodeTask
+    from thinkflow.envs.sandbox import SandboxLimits
+
+    turns = {"max_turns": env["max_turns"]} if env.get("max_turns") is not None else {}
+    if name == "calc":
+        return ToolArithmetic(difficulty, tools=env.get("tools", True), terms=env.get("terms", 1), **turns)
+    return CodeTask(difficulty, limits=SandboxLimits(**env.get("sandbox", {})), **turns)
 
 
 __all__ = [

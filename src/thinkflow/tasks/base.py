@@ -38,6 +38,11 @@ class Task(ABC):
         """The training target that follows the prompt: thinking, delimiter, answer."""
         return problem.trace + self.answer_delim + problem.answer
 
+    def completion_segments(self, problem: Problem) -> list[tuple[str, bool]]:
+        """The training target as (text, written by the model) pieces; environment tasks interleave
+        observations the model reads but is not trained to write."""
+        return [(self.completion(problem), True)]
+
     def answer_span(self, text: str) -> str | None:
         """The raw text after the last answer delimiter, up to the end of its line."""
         if not text or self.answer_delim not in text:

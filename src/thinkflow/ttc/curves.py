@@ -70,12 +70,19 @@ def _answer_classes(groups: list[pd.DataFrame]) -> tuple[np.ndarray, np.ndarray]
 
 def problem_compute(table: pd.DataFrame, flop_model: FlopModel, gen_wall_s: float) -> pd.DataFrame:
     """Per problem: prompt tokens, mean generated tokens per sample, FLOPs of the prompt and of
-    one sample's decoding, one completion's verifier pass, and generation seconds per sample."""
+    one sample's decoding, one completion's verifier pass, and generation seconds per sample.
+
+    Episodes (tables with ``episode_tokens``) are charged for every token of the transcript, the
+    environment's observations included (each is a forward pass), with the prefix reused across
+    turns; their mean tool calls and environment seconds per sample are carried along."""
+    episodes = "episode_tokens" in table.columns
+    extra = {c: (c, "mean") for c in ("episode_tokens", "tool_calls", "env_s") if episodes}
     g = table.groupby("problem_id", sort=False).agg(
-        prompt_tokens=("prompt_tokens", "first"), gen_tokens=("gen_tokens", "mean")
+        prompt_tokens=("prompt_tokens", "first"), gen_tokens=("gen_tokens", "mean"), **extra
     )
     total_gen = table["gen_tokens"].sum()
-    pairs = list(zip(g["prompt_tokens"].astype(int), g["gen_tokens"], strict=True))
+    processed = g["episode_tokens"] if episodes else g["gen_tokens"]
+    pairs = list(zip(g["prompt_tokens"].astype(int), processed, strict=True))
     g["prompt_flops"] = [flop_model.tokens(1, t) for t, _ in pairs]
     g["sample_flops"] = [flop_model.tokens(t + 1, int(round(x))) for t, x in pairs]
     g["verify_flops"] = [flop_model.sequence(t, int(round(x))) for t, x in pairs]
@@ -104,6 +111,6 @@ def curve_points(
                     "ci_low": float(lo[col]), "ci_high": float(hi[col]), "n_problems": len(values),
                     "n_samples": n_samples, "gen_tokens": float(k * compute["gen_tokens"].mean()),
                     "flops": float(flops.mean()), "wall_s": float(k * compute["sample_wall_s"].mean()),
-                }
+                } | {c: float(k * compute[c].mean()) for c in ("tool_calls", "env_s") if c in compute}
             )  # fmt: skip
     return pd.DataFrame(rows)

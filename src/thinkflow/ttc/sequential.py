@@ -11,6 +11,9 @@ from thinkflow.tasks import Problem, Task
 from thinkflow.ttc.estimators import bootstrap_ci
 from thinkflow.ttc.flops import FlopModel
 
+BUDGET_COLUMNS = ("checkpoint", "strategy", "knob", "accuracy", "ci_low", "ci_high", "n_problems", "n_samples",
+                  "thinking_tokens", "gen_tokens", "flops", "extensions")  # fmt: skip
+
 
 def budget_points(
     engine, task: Task, problems: list[Problem], checkpoint: str, flop_model: FlopModel, max_new_tokens: int,
@@ -41,4 +44,4 @@ def budget_points(
                 "extensions": float(np.mean([s.extensions for s in samples])),
             }
         )  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(BUDGET_COLUMNS))

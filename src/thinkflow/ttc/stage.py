@@ -21,16 +21,16 @@ import numpy as np
 import pandas as pd
 
 from thinkflow.config import ConfigError, PipelineConfig
+from thinkflow.envs import EnvTask, transcripts_markdown
 from thinkflow.inference import open_engine
 from thinkflow.stages import StageContext, config_key, stage_work_dir
-from thinkflow.tasks import build_task
 from thinkflow.tracking import write_json
 from thinkflow.ttc.allocation import compute_optimal, compute_saving, difficulty_bins
 from thinkflow.ttc.curves import VERIFIER_SCORED, curve_points, per_problem, problem_compute
 from thinkflow.ttc.flops import FlopModel
 from thinkflow.ttc.plots import accuracy_vs, budget_plot
 from thinkflow.ttc.search import search_points, supports_search
-from thinkflow.ttc.sequential import budget_points
+from thinkflow.ttc.sequential import BUDGET_COLUMNS, budget_points
 from thinkflow.ttc.table import sample_table
 from thinkflow.ttc.verifier import LearnedVerifier, sample_stats
 
@@ -47,7 +47,7 @@ def checkpoints_to_evaluate(cfg: PipelineConfig, upstream: dict) -> dict[str, st
 
 def run_ttc_eval(cfg: PipelineConfig, ctx: StageContext) -> dict:
     tc = cfg.ttc
-    task = build_task(cfg.task.name, cfg.task.difficulty, cfg.task.source)
+    task = cfg.task.build()
     n_problems = tc.n_problems or cfg.task.n_test
     train, problems = task.splits(tc.verifier.train_problems, n_problems, seed=cfg.seed)
     ckpts = checkpoints_to_evaluate(cfg, ctx.upstream)
@@ -84,9 +84,12 @@ def _evaluate(cfg, ctx, task, train, problems, name, path, work):
                 [prompts[i] for i in table["problem_id"]], list(table["text"]), stats
             ).numpy()
             verifier_note = f"learned verifier train accuracy {verifier.train_acc:.3f}"
-        budgets = budget_points(engine, task, problems, name, flop_model, tc.max_new_tokens, tc.budgets,
-                                tc.wait_min_think, tc.bootstrap, tc.answer_tokens)  # fmt: skip
-        if tc.search.widths and supports_search(task):
+        if isinstance(task, EnvTask):  # thinking budgets and step search act on one completion, not episodes
+            budgets = pd.DataFrame(columns=list(BUDGET_COLUMNS))
+        else:
+            budgets = budget_points(engine, task, problems, name, flop_model, tc.max_new_tokens, tc.budgets,
+                                    tc.wait_min_think, tc.bootstrap, tc.answer_tokens)  # fmt: skip
+        if tc.search.widths and supports_search(task) and not isinstance(task, EnvTask):
             sc = tc.search
             search = search_points(engine, task, problems, name, flop_model, sc.widths, sc.expand, sc.max_steps,
                                    sc.step_tokens, tc.bootstrap)  # fmt: skip
@@ -97,6 +100,8 @@ def _evaluate(cfg, ctx, task, train, problems, name, path, work):
     scoring_s = time.perf_counter() - t0
     table.to_csv(work / f"samples_{name}.csv", index=False)
     _log_checkpoint(ctx, name, table, points, budgets, allocation, work)
+    if isinstance(task, EnvTask):
+        _log_episodes(ctx, name, task, problems, table, work)
     summary = _summary(points, budgets, allocation, gen_wall, scoring_s)
     return points, budgets, table, summary
 
@@ -142,6 +147,29 @@ def _log_checkpoint(ctx, name, table, points, budgets, allocation, work: Path) -
     allocation["table"].to_csv(work / f"allocation_{name}.csv", index=False)
 
 
+def _log_episodes(ctx, name: str, task, problems, table: pd.DataFrame, work: Path) -> None:
+    """``ttc/<ckpt>/env/*``: tool calls, invalid actions, turns, sandbox violations and environment seconds
+    per episode; the first sample of each problem as readable transcripts."""
+    turns = max(1, int(table["turns"].sum()))
+    calls, invalid = table["tool_calls"].sum(), table["invalid_actions"].sum()
+    ctx.tracker.log_metrics(ctx.run_id, {
+        f"ttc/{name}/env/tool_calls_per_episode": float(table["tool_calls"].mean()),
+        f"ttc/{name}/env/invalid_action_rate": float(invalid / turns),
+        f"ttc/{name}/env/well_formed_call_frac": float(calls / (calls + invalid)) if calls + invalid else 1.0,
+        f"ttc/{name}/env/turns": float(table["turns"].mean()),
+        f"ttc/{name}/env/sandbox_violations": float(table["sandbox_violations"].sum()),
+        f"ttc/{name}/env/step_seconds": float(table["env_s"].mean()),
+        f"ttc/{name}/env/seconds_total": float(table["env_s"].sum()),
+    })  # fmt: skip
+    prompts = {p.id: p.prompt for p in problems}
+    first = table[table["sample"] == 0]
+    rows = [{"prompt": prompts[r.problem_id], "completion": r.text, "reward": float(r.reward), "turns": int(r.turns),
+             "tool_calls": int(r.tool_calls), "invalid": int(r.invalid_actions)} for r in first.itertuples()]  # fmt: skip
+    (work / f"transcripts_{name}.md").write_text(
+        transcripts_markdown(f"{task.name}: {name}, sample 0 per problem", rows)
+    )
+
+
 def _summary(points, budgets, allocation, gen_wall, scoring_s) -> dict:
     acc = {(r.strategy, int(r.k)): r for r in points.itertuples()}
     ks = sorted({int(k) for k in points.k})
@@ -153,7 +181,7 @@ def _summary(points, budgets, allocation, gen_wall, scoring_s) -> dict:
         f"pass_at_{ks[-1]}": acc[("pass", ks[-1])].accuracy,
         "generation_s": gen_wall, "scoring_s": scoring_s,
         "compute_saving": allocation["saving"], "baseline": allocation["baseline"],
-        "best_budget_acc": float(budgets.accuracy.max()),
+        "best_budget_acc": float(budgets.accuracy.max()) if len(budgets) else float("nan"),
     }  # fmt: skip
 
 
@@ -164,7 +192,8 @@ def _finish(cfg, ctx, work, points, budgets, summaries, wall) -> dict:
     accuracy_vs(points, "k", work / "accuracy_vs_k.png", "Accuracy vs samples per problem")
     accuracy_vs(points, "flops", work / "accuracy_vs_flops.png", "Accuracy vs inference FLOPs")
     accuracy_vs(points, "gen_tokens", work / "accuracy_vs_tokens.png", "Accuracy vs generated tokens")
-    budget_plot(budgets, work / "accuracy_vs_thinking_tokens.png")
+    if len(budgets):
+        budget_plot(budgets, work / "accuracy_vs_thinking_tokens.png")
     markdown = summary_markdown(points, budgets, summaries)
     (work / "summary.md").write_text(markdown)
     tracker.log_artifacts(run_id, work, "ttc")

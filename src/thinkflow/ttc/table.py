@@ -6,6 +6,7 @@ import time
 
 import pandas as pd
 
+from thinkflow.envs import sample_verdict, with_env
 from thinkflow.inference import Sample, SamplingParams
 from thinkflow.tasks import Problem, Task
 
@@ -20,24 +21,33 @@ def sample_table(
         raise ValueError("ttc_eval: the problem set is empty")
     params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     t0 = time.perf_counter()
-    groups = engine.generate([p.prompt for p in problems], params)
+    groups = with_env(engine, task, problems).generate([p.prompt for p in problems], params)
     return sample_rows(task, problems, groups), time.perf_counter() - t0
 
 
 def sample_rows(task: Task, problems: list[Problem], groups: list[list[Sample]]) -> pd.DataFrame:
-    """The table of ``groups[i]`` (the samples of ``problems[i]``), answers extracted and verified."""
+    """The table of ``groups[i]`` (the samples of ``problems[i]``), answers extracted and verified;
+    episodes add their reward, tool calls, environment seconds, turns and tokens processed."""
     rows = []
     for problem, group in zip(problems, groups, strict=True):
         for j, s in enumerate(group):
             answer = task.extract_answer(s.text)
-            lp = sum(s.logprobs)
+            lp = sum(lp for lp, m in zip(s.logprobs, s.mask or [1] * len(s.logprobs), strict=True) if m)
+            correct, reward = sample_verdict(task, problem, s)
             rows.append(
                 {
                     "problem_id": problem.id, "sample": j, "text": s.text, "prompt_tokens": s.prompt_tokens,
                     "gen_tokens": s.gen_tokens, "answer": answer, "has_answer": answer is not None,
-                    "correct": bool(answer is not None and task.verify(s.text, problem)),
+                    "correct": bool(answer is not None and correct), "reward": reward,
                     "logprob_sum": lp, "logprob_mean": lp / max(1, s.gen_tokens),
                     "logprob_min": min(s.logprobs, default=0.0),
-                }
+                } | (_episode_columns(s) if s.env is not None else {})
             )  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _episode_columns(s: Sample) -> dict:
+    e = s.env
+    return {"episode_tokens": len(s.token_ids) or s.gen_tokens, "turns": e["turns"], "tool_calls": e["tool_calls"],
+            "invalid_actions": e["invalid_actions"], "sandbox_violations": e["sandbox_violations"],
+            "env_s": e["step_seconds"]}  # fmt: skip

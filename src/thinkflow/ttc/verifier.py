@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from thinkflow.envs import sample_verdict, with_env
 from thinkflow.inference import SamplingParams
 from thinkflow.tasks import Problem, Task
 
@@ -45,9 +46,9 @@ class LearnedVerifier:
 
     def fit(self, engine, task: Task, problems: list[Problem], samples: int, max_new_tokens: int, seed: int = 0):
         params = SamplingParams(n=samples, temperature=1.0, max_new_tokens=max_new_tokens, seed=seed)
-        groups = engine.generate([p.prompt for p in problems], params)
+        groups = with_env(engine, task, problems).generate([p.prompt for p in problems], params)
         flat = [(p, s) for p, g in zip(problems, groups, strict=True) for s in g]
-        labels = torch.tensor([float(task.verify(s.text, p)) for p, s in flat])
+        labels = torch.tensor([float(sample_verdict(task, p, s)[0]) for p, s in flat])
         stats = sample_stats(
             [sum(s.logprobs) / max(1, s.gen_tokens) for _, s in flat], [min(s.logprobs, default=0.0) for _, s in flat],
             [s.gen_tokens for _, s in flat], [task.extract_answer(s.text) is not None for _, s in flat],
