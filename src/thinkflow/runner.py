@@ -36,6 +36,8 @@ HEADLINE_KEYS = (
     "val_acc",
     "val_pass@1",
     "pass_at_1",
+    "pass_at_1_ci_low",
+    "pass_at_1_ci_high",
     "maj_at_16",
     "maj_gain",
 )  # stage result keys repeated on the parent run as <stage>/<key>

@@ -11,6 +11,8 @@ from mlflow import MlflowClient
 
 from tests.compare.openai_server import ScriptedOpenAIServer
 from tests.conftest import compose
+from thinkflow.checkpoints import save_hf
+from thinkflow.models import build_model_and_tokenizer
 
 KEY = "sk-env-test"
 
@@ -103,10 +105,15 @@ def test_code_env_in_compare_scores_api_models_in_the_sandbox(tmp_path, monkeypa
         config = compose(["task=code", "task.n_test=6", "compare.ks=[1,2,4]", "compare.max_new_tokens=64",
                           "task.env.sandbox.cpu_s=1", "task.env.sandbox.wall_s=3"], root=tmp_path)  # fmt: skip
         config |= {"pretrain": None, "rl": None, "ttc": None}
-        config["compare"]["contestants"] = {"programmer": _api(good.base_url), "saboteur": _api(bad.base_url)}
+        model, tok = build_model_and_tokenizer(dict(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, d_ff=64,
+                                                    max_seq_len=128), seed=0)  # fmt: skip
+        local = {"kind": "hf", "model": str(save_hf(model, tok, tmp_path / "local")), "prompt": "plain"}
+        config["compare"]["contestants"] = {"programmer": _api(good.base_url), "saboteur": _api(bad.base_url),
+                                            "local": local}  # fmt: skip
         result = run_stage("compare", config, start_pipeline_run(config, None), {}, None)
     out = result["contestants"]
-    assert out["programmer"]["status"] == "ok" and out["saboteur"]["status"] == "ok"
+    assert out["programmer"]["status"] == "ok" and out["saboteur"]["status"] == "ok" and out["local"]["status"] == "ok"
+    assert out["local"]["env/mean_reward"] == 0.0  # an untrained open model writes no function: invalid, scored 0
     assert out["programmer"]["env/sandbox_violations"] == 0 and out["programmer"]["env/mean_reward"] > 0.5
     # every saboteur program ran (greedy + 4 samples per problem), broke a rule, scored 0; the stage went on
     assert out["saboteur"]["env/sandbox_violations"] == 6 * 5 and out["saboteur"]["env/mean_reward"] == 0.0

@@ -7,6 +7,8 @@ import re
 import pytest
 import torch
 
+from tests.inference.test_backends import TINY as VLLM_TINY
+from tests.inference.test_backends import _vllm_available
 from thinkflow.envs import EnvEngine, env_metrics, sample_verdict, with_env
 from thinkflow.envs.calculator import ToolArithmetic, calculate
 from thinkflow.envs.code import CodeTask, program_of
@@ -216,3 +218,31 @@ def test_build_task_takes_the_env_settings_and_names_bad_ones():
         build_task("calc", 3, env={"terms": 9})
     with pytest.raises(ValueError, match="max_turns"):
         build_task("calc", 3, env={"max_turns": 0})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not _vllm_available(), reason="vLLM venv not installed (python -m thinkflow.inference.vllm_server create-venv)"
+)
+def test_episodes_through_a_vllm_server_reuse_the_prefix_across_turns(tmp_path):
+    """Multi-turn code episodes (feedback after each failing program) against a real vLLM server: every
+    turn's context extends the last, and vLLM's prefix cache serves the shared part."""
+    import httpx
+
+    from thinkflow.checkpoints import save_hf
+    from thinkflow.inference import open_engine
+
+    model, tok = build_model_and_tokenizer(VLLM_TINY, seed=7)
+    path = save_hf(model, tok, tmp_path / "ckpt")
+    task = CodeTask(5, max_turns=3)
+    _, problems = task.splits(0, 4, seed=0)
+    with open_engine("vllm", path, max_model_len=512) as engine:
+        groups = with_env(engine, task, problems).generate(
+            [p.prompt for p in problems], SamplingParams(n=2, temperature=1.0, max_new_tokens=60, seed=1))  # fmt: skip
+        metrics = httpx.get(f"{engine.server.base_url}/metrics", timeout=30).text
+    for s in (s for g in groups for s in g):
+        assert s.env["turns"] == 3 and s.env["reward"] == 0.0  # a random model never writes f: feedback, twice
+        assert len(s.mask) == len(s.token_ids) and 0 < sum(s.mask) == s.gen_tokens <= 60
+        assert s.text.count("\n# failed: ") == 2
+    hits = sum(float(v) for v in re.findall(r"^vllm:prefix_cache_hits(?:_total)?\{[^}]*\} ([0-9.e+]+)$", metrics, re.M))
+    assert hits > 0, metrics[-3000:]

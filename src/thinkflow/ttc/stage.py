@@ -202,6 +202,8 @@ def _finish(cfg, ctx, work, points, budgets, summaries, wall) -> dict:
     k = s["maj_k"]
     headline = {
         "pass_at_1": s["pass_at_1"],
+        "pass_at_1_ci_low": s["pass_at_1_ci"][0],
+        "pass_at_1_ci_high": s["pass_at_1_ci"][1],
         f"maj_at_{k}": s[f"maj_at_{k}"],
         "maj_gain": s[f"maj_at_{k}"] - s["pass_at_1"],
     }
