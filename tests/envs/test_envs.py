@@ -10,7 +10,7 @@ import torch
 from tests.inference.test_backends import TINY as VLLM_TINY
 from tests.inference.test_backends import _vllm_available
 from thinkflow.envs import EnvEngine, env_metrics, sample_verdict, with_env
-from thinkflow.envs.calculator import ToolArithmetic, calculate
+from thinkflow.envs.calculator import ToolArithmetic, calculate, replay
 from thinkflow.envs.code import CodeTask, program_of
 from thinkflow.envs.sandbox import SandboxLimits
 from thinkflow.inference import HFEngine, Sample, SamplingParams
@@ -88,10 +88,19 @@ def test_calculator_episode_answers_calls_and_counts_malformed_ones():
     obs, reward, done, _ = env.step(">203342")
     assert (obs, reward, done) == ("", 1.0, True)
     assert env.stats.tool_calls == 1 and env.stats.invalid_actions == 2 and env.stats.turns == 4
+    assert env.stats.grounded_calls == 1  # 347 and 586 are in the prompt
     assert (
         env.transcript
         == "[347*586]{203342}[347*]{error: unexpected end of expression}oops]{error: a ] without its [}>203342"
     )
+    # a call on numbers that appear nowhere before it (a miscopied operand) is answered but not grounded
+    env = task.make_env()
+    env.reset(task.make("12*34+56*78="))
+    for action in ("[12*34]", "[56*87]", "[408+4872]", ">5280"):
+        env.step(action)
+    assert (env.stats.tool_calls, env.stats.grounded_calls) == (3, 2)
+    again = replay(task, task.make("12*34+56*78="), env.transcript)
+    assert (again.stats.tool_calls, again.stats.grounded_calls, again.stats.turns) == (3, 2, 4)
     # the turn limit ends the episode with the reward as it stands
     env = ToolArithmetic(3, max_turns=2).make_env()
     env.reset(problem)

@@ -37,6 +37,7 @@ class EpisodeStats:
 
     turns: int = 0
     tool_calls: int = 0
+    grounded_calls: int = 0  # answered calls whose every number was in the prompt or an earlier observation
     invalid_actions: int = 0
     sandbox_violations: int = 0
     step_seconds: float = 0.0

@@ -56,9 +56,11 @@ class CalculatorEnv(Environment):
                 raise ExprError("a ] without its [")
             if not self.tools:
                 raise ExprError("no calculator here")
-            value = calculate(call.group(1))
+            value, literals = parse_expression(call.group(1), CALC_LIMITS)
             self.stats.tool_calls += 1  # answered calls; malformed ones count as invalid actions
-            return StepResult("{" + value + "}", 0.0, False, {"call": call.group(1)})
+            seen = self.problem.prompt + self.transcript[: -len(action)]
+            self.stats.grounded_calls += set(literals) <= {int(n) for n in _DIGITS.findall(seen)}
+            return StepResult("{" + format_value(value) + "}", 0.0, False, {"call": call.group(1)})
         except ExprError as err:
             self.stats.invalid_actions += 1
             self.stats.errors.append(str(err))
@@ -125,3 +127,14 @@ class ToolArithmetic(SyntheticTask, EnvTask):
         if not span or not _DIGITS.fullmatch(span):
             return None
         return span.lstrip("0") or "0"
+
+
+def replay(task: ToolArithmetic, problem: Problem, transcript: str) -> CalculatorEnv:
+    """The environment after re-running a stored transcript's actions (its counts, for analysis)."""
+    env = task.make_env()
+    env.reset(problem)
+    pieces = re.split(r"(?<=\])(\{[^{}]*\})", transcript)  # action, observation, action, ...
+    for action in pieces[::2]:
+        if action and env.step(action).done:
+            break
+    return env

@@ -178,7 +178,7 @@ class EnvEngine:
     def _sample(self, ep: _Episode) -> Sample:
         st = ep.env.stats
         info = {"reward": ep.reward, "end": ep.end, "turns": st.turns, "tool_calls": st.tool_calls,
-                "invalid_actions": st.invalid_actions, "sandbox_violations": st.sandbox_violations,
+                "grounded_calls": st.grounded_calls, "invalid_actions": st.invalid_actions, "sandbox_violations": st.sandbox_violations,
                 "violations": list(st.violations), "step_seconds": st.step_seconds}  # fmt: skip
         return Sample(ep.prompt_index, ep.env.transcript, ep.ids, ep.logprobs, "stop" if ep.end == "done" else "length",
                       ep.prompt_tokens, ep.model_tokens, mask=ep.mask or None, env=info)  # fmt: skip
@@ -211,6 +211,7 @@ def env_metrics(samples: list[Sample], prefix: str = "env/") -> dict[str, float]
         f"{prefix}tool_calls_per_episode": calls / n,
         f"{prefix}invalid_action_rate": invalid / max(1, sum(i["turns"] for i in infos)),
         f"{prefix}well_formed_call_frac": calls / (calls + invalid) if calls + invalid else 1.0,
+        f"{prefix}grounded_call_frac": sum(i["grounded_calls"] for i in infos) / calls if calls else 1.0,
         f"{prefix}sandbox_violations": float(sum(i["sandbox_violations"] for i in infos)),
         f"{prefix}step_seconds": sum(i["step_seconds"] for i in infos) / n,
         f"{prefix}reward_mean": sum(i["reward"] for i in infos) / n,

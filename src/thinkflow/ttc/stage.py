@@ -156,6 +156,7 @@ def _log_episodes(ctx, name: str, task, problems, table: pd.DataFrame, work: Pat
         f"ttc/{name}/env/tool_calls_per_episode": float(table["tool_calls"].mean()),
         f"ttc/{name}/env/invalid_action_rate": float(invalid / turns),
         f"ttc/{name}/env/well_formed_call_frac": float(calls / (calls + invalid)) if calls + invalid else 1.0,
+        f"ttc/{name}/env/grounded_call_frac": float(table["grounded_calls"].sum() / calls) if calls else 1.0,
         f"ttc/{name}/env/turns": float(table["turns"].mean()),
         f"ttc/{name}/env/sandbox_violations": float(table["sandbox_violations"].sum()),
         f"ttc/{name}/env/step_seconds": float(table["env_s"].mean()),

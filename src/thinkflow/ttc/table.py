@@ -49,5 +49,6 @@ def sample_rows(task: Task, problems: list[Problem], groups: list[list[Sample]])
 def _episode_columns(s: Sample) -> dict:
     e = s.env
     return {"episode_tokens": len(s.token_ids) or s.gen_tokens, "turns": e["turns"], "tool_calls": e["tool_calls"],
+            "grounded_calls": e["grounded_calls"],
             "invalid_actions": e["invalid_actions"], "sandbox_violations": e["sandbox_violations"],
             "env_s": e["step_seconds"]}  # fmt: skip
