@@ -63,6 +63,7 @@ class VLLMServer:
         memory_fraction: float = 0.1,  # on CPU: the share of RAM vLLM reserves for its KV cache
         max_model_len: int | None = None,
         log_path: str | Path | None = None,
+        block_size: int | None = None,  # KV-cache block (tokens); prefix caching reuses whole blocks only
     ) -> None:
         self.model_dir = str(Path(model_dir).resolve())
         self.python = vllm_python(python)
@@ -71,6 +72,7 @@ class VLLMServer:
         self.startup_timeout = startup_timeout
         self.memory_fraction = memory_fraction
         self.max_model_len = max_model_len
+        self.block_size = block_size
         self.log_path = Path(log_path or Path(self.model_dir).parent / f"vllm-{self.port}.log")
         self.proc: subprocess.Popen | None = None
 
@@ -82,6 +84,8 @@ class VLLMServer:
         ]  # fmt: skip
         if self.max_model_len:
             cmd += ["--max-model-len", str(self.max_model_len)]
+        if self.block_size:
+            cmd += ["--block-size", str(self.block_size)]
         env = os.environ | {"VLLM_SERVER_DEV_MODE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
