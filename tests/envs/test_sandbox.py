@@ -28,7 +28,9 @@ ADD_TESTS = ["add(1, 2) == 3", "add(-1, 1) == 0"]
 
 
 def sandbox_processes() -> list[str]:
-    """Command lines of live sandbox children (zombies excluded: they hold nothing)."""
+    """Command lines of live sandbox children of this checkout (zombies excluded: they hold nothing; other
+    checkouts' pipelines running sandboxes on the same machine are none of these tests' business)."""
+    child = sandbox._CHILD.encode()
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -36,7 +38,7 @@ def sandbox_processes() -> list[str]:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"_sandbox_child.py" in cmdline and state != "Z":
+        if child in cmdline and state != "Z":
             found.append(cmdline.replace(b"\0", b" ").decode())
     return found
 
