@@ -80,7 +80,8 @@ def main() -> None:
     parser.add_argument("--no-variants", action="store_true", help="only the sync / async pairs")
     args = parser.parse_args()
     init = pretrained_checkpoint()
-    common = [f"rl.eval_samples={args.eval_samples}"]
+    # held-out pass@1 only at the start and the end (the gain); no evaluations in between to pay for
+    common = [f"rl.eval_samples={args.eval_samples}", f"rl.eval_every={args.steps}"]
     results = {}
     for seed in args.seeds:
         for name, extra in PAIRED.items():
