@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
+from thinkflow import shutdown  # noqa: E402
 from thinkflow.caching import identity_key, result_files_exist, stage_identity  # noqa: E402
 from thinkflow.config import ConfigError, drop_removed_stages, validate  # noqa: E402
 from thinkflow.runner import (  # noqa: E402
@@ -75,15 +77,21 @@ def pipeline(config: dict, tags: dict[str, str] | None = None) -> dict:
     cfg = validate(config)
     results: dict = {}
     reused: set[str] = set()
+    running: list = []  # the stage task in flight
+    shutdown.reset()
     try:
         for name in enabled_stages(cfg):
-            results[name] = _run_or_reuse(name, config, parent, results, cfg.cache, reused)
+            results[name] = _run_or_reuse(name, config, parent, results, cfg.cache, reused, running)
         wall = time.perf_counter() - t0
         profile_md = profile_pipeline_run(config, parent, results, reused, wall, setup)
         if profile_md:  # where the run's compute went, on the flow run in the Prefect UI
             create_markdown_artifact(markdown=profile_md, key="compute-profile")
-    except BaseException:
-        end_pipeline_run(config, parent, results, "FAILED")
+    except BaseException as err:
+        status = "FAILED"
+        if shutdown.is_stop_signal(err):  # SIGTERM or Ctrl-C: let the stage save its state, then end it all
+            status = "KILLED"
+            shutdown.stop(cfg.stop_grace_s, lambda: any(not f.wrapped_future.done() for f in running))
+        end_pipeline_run(config, parent, results, status)
         raise
     end_pipeline_run(config, parent, results, "FINISHED")
     return {"parent_run_id": parent, **results}
@@ -116,22 +124,34 @@ def scheduled_pipeline(config_name: str = "pipeline", overrides: list[str] | Non
     return pipeline(compose(overrides, config_name), {"trigger": "deployment"})
 
 
-def _run_or_reuse(name: str, config: dict, parent: str, results: dict, cache, reused: set[str]) -> dict:
+def _run_or_reuse(name: str, config: dict, parent: str, results: dict, cache, reused: set[str],
+                  running: list) -> dict:  # fmt: skip
     """Run the stage's task; when Prefect serves it from the cache, record the reuse in MLflow
     (or recompute, if the files the cached result points to are gone)."""
     identity = stage_identity(name, config, results)
     refresh = not cache.enabled or name in cache.refresh
     stage_task = STAGE_TASKS[name].with_options(refresh_cache=True) if refresh else STAGE_TASKS[name]
-    future = stage_task.submit(config, parent, dict(results), identity)
-    result = future.result()
-    if future.state.name == "Cached":
+    result, state = _result(stage_task.submit(config, parent, dict(results), identity), running)
+    if state == "Cached":
         if not result_files_exist(result):
             print(f"{name}: the cached result's files are gone; recomputing")
-            return STAGE_TASKS[name].with_options(refresh_cache=True).submit(config, parent, dict(results),
-                                                                              identity).result()  # fmt: skip
+            stage_task = STAGE_TASKS[name].with_options(refresh_cache=True)
+            return _result(stage_task.submit(config, parent, dict(results), identity), running)[0]
         record_reuse(name, config, parent, result, flow_run.get_id())
         reused.add(name)
     return result
+
+
+def _result(future, running: list) -> tuple[dict, str]:
+    """The task's result and final state name. Waited for in short slices: the stage runs in a worker thread,
+    and a SIGTERM the kernel hands to that thread only reaches Python's handler (in the main thread) when the
+    main thread runs bytecode, which an unbounded wait would put off until the stage ended."""
+    running[:] = [future]
+    while not future.wrapped_future.done():
+        future.wait(timeout=0.5)
+    result = future.result()
+    running.clear()
+    return result, future.state.name
 
 
 def check_prefect_server() -> None:
@@ -168,7 +188,21 @@ def main(cfg: DictConfig) -> dict:
             "one after another on a temporary server"
         )
     config = drop_removed_stages(OmegaConf.to_container(cfg, resolve=True), list(HydraConfig.get().overrides.task))
-    return pipeline(config, job_tags())
+    # SIGTERM outside the flow, and after the flow has handled it (Prefect re-sends it to this handler)
+    signal.signal(signal.SIGTERM, shutdown.raise_terminated)
+    try:
+        return pipeline(config, job_tags())
+    except BaseException as err:
+        if shutdown.is_stop_signal(err):
+            _stop_temporary_prefect_server()  # its atexit hook would not run
+            shutdown.exit_by_signal(signal.SIGINT if isinstance(err, KeyboardInterrupt) else signal.SIGTERM)
+        raise
+
+
+def _stop_temporary_prefect_server() -> None:
+    from prefect.server.api.server import SubprocessASGIServer
+
+    SubprocessASGIServer().stop()  # the one Prefect's client started (a no-op with PREFECT_API_URL set)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@ HF-format exports atomically so a crash mid-save never replaces the last good on
 
 from __future__ import annotations
 
+import os
 import shutil
 import zipfile
 from pathlib import Path
 
+from pytorch_lightning.callbacks import Callback
+
+from thinkflow import shutdown
 from thinkflow.models import CheckpointError
 
 
@@ -54,3 +58,22 @@ def save_hf(model, tokenizer, path: Path) -> Path:
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+class CheckpointOnStop(Callback):
+    """After a stop request (SIGTERM / Ctrl-C, see ``thinkflow.shutdown``): write ``last.ckpt`` at the next
+    step boundary, then end the stage with ``StopRequested``; rerunning the command resumes there."""
+
+    def __init__(self, ckpt_dir: Path, stage: str) -> None:
+        self.ckpt_dir, self.stage = Path(ckpt_dir), stage
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not shutdown.requested():
+            return
+        path, tmp = self.ckpt_dir / "last.ckpt", self.ckpt_dir / "last.ckpt.tmp"
+        trainer.save_checkpoint(tmp)  # then swapped in: a kill mid-write keeps the previous one
+        os.replace(tmp, path)
+        raise shutdown.StopRequested(
+            f"{self.stage}: stopped on request after step {trainer.global_step}; saved {path} (rerun the same "
+            "command to resume from it)"
+        )

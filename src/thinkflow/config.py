@@ -385,6 +385,7 @@ class PathsConfig(_Strict):
 class PipelineConfig(_Strict):
     seed: int = 0
     run_name: str | None = None
+    stop_grace_s: float = Field(30.0, ge=0)
     paths: PathsConfig
     task: TaskConfig
     model: ModelConfig

@@ -83,6 +83,8 @@ def end_pipeline_run(config: dict, run_id: str, results: dict, status: str) -> N
     tracker = open_tracker(cfg)
     headline = {f"{stage}/{k}": r[k] for stage, r in results.items() for k in HEADLINE_KEYS if k in r}
     tracker.log_metrics(run_id, headline)
+    if status != "FINISHED":  # a stage still running when the pipeline stopped ends with it
+        tracker.end_open_children(run_id, status)
     tracker.end_run(run_id, status)
 
 

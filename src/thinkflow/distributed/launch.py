@@ -12,16 +12,19 @@ subprocess, so no launcher ever re-executes the flow itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from thinkflow import shutdown
 from thinkflow.config import ConfigError, TrainerConfig
 from thinkflow.tracking import write_json
 
@@ -134,11 +137,17 @@ def launch(stage: str, config: dict, run_id: str, parent_run_id: str, upstream: 
     where = f"{tc.num_nodes} nodes x {tc.devices}" if tc.num_nodes > 1 else str(tc.devices)
     print(f"{stage}: launching {where} processes ({tc.launcher}); output in {log_path}")
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        for line in proc.stdout:  # echo rank output live (progress) and keep it on disk
-            sys.stdout.write(line)
-            log.write(line)
-        rc = proc.wait()
+        # its own process group, so that a pipeline stop (SIGTERM / Ctrl-C, thinkflow.shutdown) reaches the
+        # launcher and every rank it started, and nothing of the stage outlives the pipeline
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)  # fmt: skip
+        group = lambda sig: lambda: _signal_group(proc, sig)  # noqa: E731
+        with shutdown.on_stop(f"{stage} on {tc.world_size} processes", now=group(signal.SIGTERM),
+                              last=group(signal.SIGKILL)):  # fmt: skip
+            for line in proc.stdout:  # echo rank output live (progress) and keep it on disk
+                sys.stdout.write(line)
+                log.write(line)
+            rc = proc.wait()
     if rc != 0 or not result_path.exists():
         lines = log_path.read_text(errors="replace").splitlines()
         raise LaunchError(
@@ -146,3 +155,8 @@ def launch(stage: str, config: dict, run_id: str, parent_run_id: str, upstream: 
             + "\n".join(lines[-40:])
         )
     return json.loads(result_path.read_text())
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.killpg(proc.pid, sig)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 
+from thinkflow import shutdown
 from thinkflow.inference.types import GenerationError, Sample, SamplingParams
 from thinkflow.profile.ledger import record_generation
 
@@ -90,6 +91,8 @@ class VLLMServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # its own session (a Ctrl-C in the terminal is the pipeline's to handle): a pipeline stop ends it
+        self._stop_hook = shutdown.register(f"vLLM server on port {self.port}", last=self.stop)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -136,14 +139,15 @@ class VLLMServer:
         return time.perf_counter() - t0
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
+        proc, self.proc = self.proc, None  # (a pipeline stop may call this beside the stage's own exit)
+        shutdown.unregister(getattr(self, "_stop_hook", None))
+        if proc and proc.poll() is None:
+            proc.terminate()
             try:
-                self.proc.wait(timeout=30)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+                proc.kill()
+                proc.wait()
 
     def __enter__(self) -> VLLMServer:
         return self.start()

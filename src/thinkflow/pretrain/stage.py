@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from thinkflow.checkpoints import save_hf, training_dirs
+from thinkflow.checkpoints import CheckpointOnStop, save_hf, training_dirs
 from thinkflow.config import ConfigError, PipelineConfig
 from thinkflow.distributed import full_parameters, is_rank_zero
 from thinkflow.distributed.strategy import build_strategy
@@ -89,7 +89,10 @@ def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> dict:
         gradient_clip_val=pc.grad_clip or None,
         log_every_n_steps=pc.log_every,
         logger=TrackerLogger(tracker, run_id),
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=pc.ckpt_every, save_last=True)],
+        callbacks=[
+            ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=pc.ckpt_every, save_last=True),
+            CheckpointOnStop(ckpt_dir, "pretrain"),
+        ],
         enable_progress_bar=tc.progress_bar,
         enable_model_summary=False,
         default_root_dir=str(work),

@@ -25,7 +25,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from thinkflow.checkpoints import save_hf, training_dirs
+from thinkflow.checkpoints import CheckpointOnStop, save_hf, training_dirs
 from thinkflow.config import ConfigError, PipelineConfig
 from thinkflow.distributed import full_parameters, is_rank_zero
 from thinkflow.distributed.strategy import build_strategy
@@ -120,7 +120,8 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> dict:
             accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes,
             strategy=build_strategy(tc, rc.grad_clip), precision=tc.precision,
             max_steps=rc.max_steps * updates, logger=False, use_distributed_sampler=False,
-            callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=rc.ckpt_every * updates, save_last=True)],
+            callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=rc.ckpt_every * updates, save_last=True),
+                       CheckpointOnStop(ckpt_dir, "rl")],
             enable_progress_bar=tc.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
             limit_val_batches=0, default_root_dir=str(work),
         )  # fmt: skip

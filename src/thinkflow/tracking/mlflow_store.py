@@ -20,6 +20,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from thinkflow import shutdown
+
 STAGE_TAG = "stage"
 FLOW_RUN_TAG = "prefect.flow_run_id"
 MAX_PARAM_VALUE = 6000
@@ -172,6 +174,15 @@ class Tracker:
             return
         self.client.set_terminated(run_id, status=status)
 
+    def end_open_children(self, parent_run_id: str, status: str) -> list[str]:
+        """End the parent's child runs still RUNNING (a stage cut off by a stop); returns their ids."""
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.{MLFLOW_PARENT_RUN_ID} = '{parent_run_id}' and attributes.status = 'RUNNING'"
+        )
+        for run in runs:
+            self.client.set_terminated(run.info.run_id, status=status)
+        return [run.info.run_id for run in runs]
+
     def apply_pending(self) -> list[str]:
         """Send the run ends deferred while this server was down (see ``end_run``); returns their run ids."""
         path = Path(self.root).resolve() / "mlruns" / PENDING_FILE
@@ -203,13 +214,13 @@ class Tracker:
 
     @contextmanager
     def run(self, name: str, tags: dict[str, str], parent_run_id: str | None = None) -> Iterator[str]:
-        """A run that ends FINISHED, or FAILED if the body raises (and the error is re-raised; a tracking
-        server that went down becomes a TrackingUnavailable saying so)."""
+        """A run that ends FINISHED, KILLED when the pipeline was told to stop, or FAILED if the body raises
+        (and the error is re-raised; a tracking server that went down becomes a TrackingUnavailable saying so)."""
         run_id = self.start_run(name, tags, parent_run_id)
         try:
             yield run_id
         except BaseException as err:
-            self.end_run(run_id, "FAILED")
+            self.end_run(run_id, "KILLED" if shutdown.requested() or shutdown.is_stop_signal(err) else "FAILED")
             if isinstance(err, Exception) and not isinstance(err, TrackingUnavailable):
                 self._raise_if_down(err, f"running `{name}`")
             raise
