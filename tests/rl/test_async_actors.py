@@ -112,7 +112,8 @@ def test_async_rl_survives_a_killed_actor_and_a_killed_learner(tmp_path):
     env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
     log = tmp_path / "first.log"  # a file, not a pipe: Ray's processes would hold a pipe open after the kill
     with open(log, "w") as out:  # the child keeps its own copy of the file descriptor
-        first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)  # fmt: skip
     work = tmp_path / "mlruns" / "work" / "rl"
     pids_file = lambda: next(iter(work.glob("*/actors.json")), None)  # noqa: E731
     last_ckpt = lambda: next(iter(work.glob("*/lightning/last.ckpt")), None)  # noqa: E731
@@ -122,7 +123,7 @@ def test_async_rl_survives_a_killed_actor_and_a_killed_learner(tmp_path):
     _wait_for("the actor's restart", lambda: json.loads(pids_file().read_text())["pids"]["1"] != victim, first)
     seen = last_ckpt().stat().st_mtime_ns
     _wait_for("a checkpoint after the restart", lambda: last_ckpt().stat().st_mtime_ns != seen, first)
-    first.kill()  # the learner dies
+    os.killpg(first.pid, signal.SIGKILL)  # the learner dies (with its temporary Prefect server)
     first.wait(timeout=60)
     out = log.read_text()
     assert "rollout actor 1 died" in out and "rollout actor 1 is back as process" in out
