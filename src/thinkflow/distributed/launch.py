@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 from thinkflow import shutdown
@@ -141,9 +142,8 @@ def launch(stage: str, config: dict, run_id: str, parent_run_id: str, upstream: 
         # launcher and every rank it started, and nothing of the stage outlives the pipeline
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 start_new_session=True)  # fmt: skip
-        group = lambda sig: lambda: _signal_group(proc, sig)  # noqa: E731
-        with shutdown.on_stop(f"{stage} on {tc.world_size} processes", now=group(signal.SIGTERM),
-                              last=group(signal.SIGKILL)):  # fmt: skip
+        with shutdown.on_stop(f"{stage} on {tc.world_size} processes", now=partial(_signal_group, proc, signal.SIGTERM),
+                              last=partial(_signal_group, proc, signal.SIGKILL)):  # fmt: skip
             for line in proc.stdout:  # echo rank output live (progress) and keep it on disk
                 sys.stdout.write(line)
                 log.write(line)
