@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from thinkflow.config import DeepSpeedConfig, RLConfig, TrainerConfig
-from thinkflow.distributed import global_rank, world_size
+from thinkflow.distributed import close_process_group, global_rank, world_size
 from thinkflow.distributed.strategy import build_strategy
 from thinkflow.inference import Sample
 from thinkflow.models import build_model_and_tokenizer
@@ -99,6 +99,7 @@ def main(out: str, stage: int) -> None:
     }  # fmt: skip
     with open(f"{out}.rank{global_rank()}.json", "w") as fh:
         json.dump(result, fh)
+    close_process_group()
 
 
 if __name__ == "__main__":

@@ -5,10 +5,20 @@ from thinkflow.distributed.ranks import (
     NullTracker,
     all_mean,
     all_sum,
+    close_process_group,
     full_parameters,
     global_rank,
     is_rank_zero,
     world_size,
 )
 
-__all__ = ["NullTracker", "all_mean", "all_sum", "full_parameters", "global_rank", "is_rank_zero", "world_size"]
+__all__ = [
+    "NullTracker",
+    "all_mean",
+    "all_sum",
+    "close_process_group",
+    "full_parameters",
+    "global_rank",
+    "is_rank_zero",
+    "world_size",
+]

@@ -63,3 +63,16 @@ def all_mean(metrics: dict[str, float]) -> dict[str, float]:
     keys = sorted(metrics)
     n = world_size() if dist.is_available() and dist.is_initialized() else 1
     return {k: v / n for k, v in zip(keys, all_sum([metrics[k] for k in keys]), strict=True)}
+
+
+def close_process_group() -> None:
+    """End this rank's part in the process group before the interpreter exits.
+
+    Left to interpreter shutdown, the process group's C++ threads are destroyed in no fixed order;
+    now and then one is still joinable and the rank dies with SIGABRT ("terminate called without an
+    active exception") after its work is done, which torchrun reports as a failed stage. A barrier
+    first, so no rank tears down while another still talks to it.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from thinkflow.distributed.ranks import NullTracker, is_rank_zero
+from thinkflow.distributed.ranks import NullTracker, close_process_group, is_rank_zero
 
 
 def main(spec_path: str, result_path: str) -> None:
@@ -33,6 +33,7 @@ def main(spec_path: str, result_path: str) -> None:
     compute = ledger.reduce().as_dict()  # every rank: a collective sum of the ranks' compute
     if is_rank_zero():
         write_json(result_path, result | {"compute": compute})
+    close_process_group()
 
 
 if __name__ == "__main__":
