@@ -56,6 +56,7 @@ class ScriptedOpenAIServer:
         self.spent_usd = 0.0
         self.unauthorized = 0
         self._n = 0
+        self._busy = 0  # requests being handled now
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
@@ -83,6 +84,15 @@ class ScriptedOpenAIServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Until no request is being handled: a request that arrived before its client died is still
+        answered (and billed) after the client is gone, ``latency_s`` later."""
+        deadline = time.monotonic() + timeout
+        while self._busy:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self._busy} requests still being handled after {timeout:g} s")
+            time.sleep(0.01)
 
     def max_in_window(self, seconds: float) -> int:
         """Most requests that arrived within any window of ``seconds``."""
@@ -124,6 +134,15 @@ class ScriptedOpenAIServer:
                 self._json(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
 
             def do_POST(self) -> None:
+                with server._lock:
+                    server._busy += 1
+                try:
+                    self._post()
+                finally:
+                    with server._lock:
+                        server._busy -= 1
+
+            def _post(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
                 with server._lock:
                     server.arrivals.append(time.monotonic())

@@ -225,13 +225,17 @@ def test_killed_stage_resumes_from_the_cache_without_paying_twice(tmp_path, gsm8
                "task=gsm8k", f"task.source={gsm8k_dir}", f"task.n_test={N}", "compare.ks=[1,2,4]",
                "compare.api.concurrency=3", "compare.api.requests_per_minute=null",
                f"+compare.contestants.frontier={api}"]  # fmt: skip
-        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # its own process group: the kill takes its temporary Prefect server too
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.time() + 300
         while sum(server.paid.values()) < 25 and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        os.kill(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        server.wait_idle()  # requests sent before the kill are billed when answered, latency_s later
         paid_at_kill = {k for k, c in server.paid.items() if c}
         cache = next((tmp_path / "mlruns" / "work" / "compare").glob("api_cache.sqlite"))
         with sqlite3.connect(cache) as db:
