@@ -4,11 +4,14 @@ Started by path as ``python -I -S -B _sandbox_child.py`` inside the sandbox's wo
 with the OS limits already applied by the parent. Stdlib only, and everything it needs is
 imported before the audit hook is armed. Protocol:
 
-- stdin: one JSON object ``{code, tests, result_fd, events_fd, allow_fork}`` (an unlinked
+- stdin: one JSON object ``{code, tests, result_fd, events_fd, allow_fork, write_roots}`` (an unlinked
   temp file, so there is nothing on disk to read back by path);
 - ``events_fd``: one line per blocked audit event, ``reason<TAB>event<TAB>what``, written by
   the hook at the moment it blocks, so the record survives whatever the code does next;
-- ``result_fd``: one JSON object ``{passed, failures, error, memory, efbig}`` at the end.
+- ``result_fd``: one JSON object ``{passed, failures, error, memory, efbig, denied}`` at the end;
+  ``denied`` (``reason<TAB>what``) names the first error the *OS* raised into the code for an
+  access outside the sandbox (a path it cannot see, no network, no process): what the hook reports
+  when the hook itself has been disabled.
 
 The process ends with ``os._exit`` so no atexit handler or finaliser of the candidate runs
 after the report.
@@ -55,6 +58,7 @@ WRITE_EVENTS: dict[str, tuple[tuple[int, int | None], ...]] = {
 READ_EVENTS = frozenset({"os.listdir", "os.scandir"})
 LINK_EVENTS = frozenset({"os.link", "os.symlink"})  # a hard link defeats any path check: never allowed
 READABLE_DEVICES = frozenset({"/dev/null", "/dev/urandom", "/dev/random", "/dev/zero"})
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 COMPARE_OPS = {
     ast.Eq: operator.eq,
@@ -74,7 +78,14 @@ class SandboxBlocked(PermissionError):
     """Raised by the audit hook; the candidate sees an ordinary PermissionError."""
 
 
-def make_hook(work: str, read_roots: tuple[str, ...], events_fd: int, reserved_fds: frozenset[int], allow_fork: bool):
+def make_hook(
+    work: str,
+    read_roots: tuple[str, ...],
+    events_fd: int,
+    reserved_fds: frozenset[int],
+    allow_fork: bool,
+    write_roots: tuple[str, ...] = (),
+):
     """The audit hook, as a closure over private copies of its tables and functions, so that
     rebinding names in this module (``import __main__``) does not change what it checks."""
     realpath, join, isabs, getcwd, readlink = os.path.realpath, os.path.join, os.path.isabs, os.getcwd, os.readlink
@@ -113,7 +124,7 @@ def make_hook(work: str, read_roots: tuple[str, ...], events_fd: int, reserved_f
             return "filesystem"
         if resolved == "/dev/null" or (not write_access and resolved in devices):
             return None
-        roots = (work,) if write_access else (work, *read_roots)
+        roots = (work, *write_roots) if write_access else (work, *write_roots, *read_roots)
         return None if inside(resolved, roots) else "filesystem"
 
     def reason_for(event: str, args: tuple) -> str | None:
@@ -219,6 +230,33 @@ def run_one(test: str, compiled, namespace: dict, state: dict) -> str | None:
 def note_efbig(exc: BaseException, state: dict) -> None:
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
         state["efbig"] = True
+    note_denied(exc, state)
+
+
+NETWORK_ERRNOS = frozenset({errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL})
+PATH_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.EXDEV})
+
+
+def note_denied(exc: BaseException, state: dict) -> None:
+    """Remember the first error the OS raised for reaching outside the sandbox (``denied``)."""
+    if state.get("denied") or not isinstance(exc, OSError) or isinstance(exc, SandboxBlocked):
+        return
+    what = f"{type(exc).__name__} errno {exc.errno}"
+    if exc.errno in NETWORK_ERRNOS:
+        state["denied"] = f"network\t{what} (no network in the sandbox)"
+    elif exc.errno == errno.EAGAIN and exc.filename is None:
+        state["denied"] = f"process\t{what} (no new processes in the sandbox)"
+    elif exc.errno in PATH_ERRNOS and exc.filename is not None and outside(exc.filename, state["roots"]):
+        state["denied"] = f"filesystem\t{what} on {str(exc.filename)[:MAX_MESSAGE]!r} (outside the sandbox's files)"
+
+
+def outside(path, roots: tuple[str, ...]) -> bool:
+    try:
+        text = os.fsdecode(path) if isinstance(path, str | bytes) else str(path)
+        resolved = os.path.realpath(os.path.join(os.getcwd(), text))  # a symlink counts where it points
+    except (TypeError, ValueError, OSError):
+        return True
+    return not any(resolved == r or resolved.startswith(r + "/") for r in roots)
 
 
 def run_code(code: str, tests: list[str], state: dict) -> tuple[int, list[str], str | None]:
@@ -262,23 +300,46 @@ def flush_stdio(state: dict) -> None:
             note_efbig(exc, state)
 
 
+def deny_exec(program: bytes) -> None:
+    """Load the parent's second seccomp filter (``execve`` kills), then forget ctypes, so that importing
+    it again is an import the hook sees. Runs before the hook and before any candidate code."""
+    import ctypes
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // 8, ctypes.addressof(buffer))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        os.write(2, f"sandbox: the exec filter could not be loaded: errno {ctypes.get_errno()}\n".encode())
+        os._exit(125)
+    for name in [m for m in sys.modules if m.partition(".")[0] in ("ctypes", "_ctypes")]:
+        del sys.modules[name]
+
+
 def main() -> None:
     pid = os.getpid()
     job = json.loads(sys.stdin.buffer.read())
+    if job.get("exec_filter"):
+        deny_exec(bytes.fromhex(job["exec_filter"]))
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # input() sees EOF, not the job
     os.close(devnull)
     result_fd, events_fd = job["result_fd"], job["events_fd"]
     work = os.path.realpath(os.getcwd())
     read_roots = tuple(os.path.realpath(p) for p in sys.path if p)  # the stdlib: -I -S leave nothing else
-    hook = make_hook(work, read_roots, events_fd, frozenset({result_fd, events_fd}), job["allow_fork"])
+    write_roots = tuple(os.path.realpath(p) for p in job.get("write_roots", []))
+    reserved = frozenset({result_fd, events_fd})
+    hook = make_hook(work, read_roots, events_fd, reserved, job["allow_fork"], write_roots)
     sys.addaudithook(hook)
     del hook
-    state = {"memory": False, "efbig": False}
+    state = {"memory": False, "efbig": False, "denied": None, "roots": (work, *write_roots, *read_roots)}
     passed, failures, error = run_code(job["code"], job["tests"], state)
     if os.getpid() != pid:  # a forked child (max_processes > 1) that came back here: only the parent reports
         os._exit(0)
     flush_stdio(state)
+    state.pop("roots")
     report = {"passed": passed, "failures": bounded(failures), "error": error, **state}
     try:
         os.write(result_fd, json.dumps(report).encode())

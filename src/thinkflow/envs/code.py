@@ -6,8 +6,9 @@ Two kinds of problem, both about a function ``f`` of one integer:
 - fix a planted bug: ``def f(x): return x*3-2\\n# fix: f(0)=2 f(1)=5\\n`` -> ``def f(x): return x*3+2``
 
 The examples in the prompt are not the tests: hidden tests check ``f`` on other inputs. The model's
-program runs in ``envs.sandbox`` (its own process, temp dir, CPU / wall / memory / file / process
-limits, no network, nothing outside its dir); reward = tests passed / tests. A program that
+program runs in ``envs.sandbox`` (its own process, CPU / wall / memory / file / process limits, and
+with ``task.env.sandbox.isolation: os`` its own namespaces and root, no capabilities, seccomp); reward
+= tests passed / tests. A program that
 trips a limit gets reward 0 and the violation is counted. With ``task.env.max_turns > 1`` a
 failing program is answered with the first failing test and the model may try again; the last
 program counts. API models get the same problems in words (``chat_instruction``) and may answer
@@ -20,7 +21,7 @@ import random
 import re
 
 from thinkflow.envs.base import Environment, EnvTask, StepResult
-from thinkflow.envs.sandbox import SandboxLimits, SandboxResult, run_tests
+from thinkflow.envs.sandbox import SandboxLimits, SandboxResult, SandboxUnavailable, require, run_tests
 from thinkflow.tasks.base import Problem, SyntheticTask, TaskError
 
 FEEDBACK = "\n# failed: "
@@ -49,7 +50,7 @@ class CodeEnv(Environment):
         if code is None:
             self.stats.invalid_actions += 1
             return self._reply(None, "no function f in the answer")
-        self.last = run_tests(code, self.problem.meta["tests"], self.task.limits)
+        self.last = run_tests(code, self.problem.meta["tests"], self.task.limits, self.task.isolation)
         if self.last.violation:
             self.stats.sandbox_violations += 1
             self.stats.violations.append(self.last.violation)
@@ -80,12 +81,27 @@ class CodeTask(SyntheticTask, EnvTask):
         "tests beyond the examples shown. Reply with only the code of f, in a ```python block."
     )
 
-    def __init__(self, difficulty: int = 3, max_turns: int = 1, limits: SandboxLimits | None = None) -> None:
+    def __init__(
+        self, difficulty: int = 3, max_turns: int = 1, limits: SandboxLimits | None = None, isolation: str = "os"
+    ) -> None:
         SyntheticTask.__init__(self, difficulty)
         EnvTask.__init__(self, max_turns)
         if not 1 <= self.difficulty <= 9:
             raise TaskError(f"task.difficulty for code bounds the constants, 1..9; got {difficulty}")
         self.limits = limits or SandboxLimits()
+        self.isolation = isolation
+
+    def check(self) -> None:
+        """Before any compute: the sandbox this task asks for can be had here (``task.env.sandbox.isolation``)."""
+        try:
+            require(self.isolation)
+        except SandboxUnavailable as err:
+            raise TaskError(str(err)) from None
+        if self.isolation != "os":
+            print(
+                "code sandbox: isolation=hook (task.env.sandbox.isolation): resource limits and an in-process audit "
+                "hook only, which a hostile program can disable; logged on the run as that param"
+            )
 
     def make_env(self) -> CodeEnv:
         return CodeEnv(self, self.max_turns)
@@ -112,4 +128,4 @@ class CodeTask(SyntheticTask, EnvTask):
 
     def verify(self, text: str, problem: Problem) -> bool:
         code = program_of(text)
-        return code is not None and run_tests(code, problem.meta["tests"], self.limits).reward == 1.0
+        return code is not None and run_tests(code, problem.meta["tests"], self.limits, self.isolation).reward == 1.0

@@ -1,48 +1,45 @@
 """Run untrusted Python (a model's proposed solution) against unit tests, for code environments.
 
-``run_tests(code, tests, limits)`` executes ``code`` in a fresh process, evaluates each test
-expression (``"f(2) == 7"``) in the same namespace and returns how many were truthy; the RL
+``run_tests(code, tests, limits, isolation)`` executes ``code`` in a fresh process, evaluates each
+test expression (``"f(2) == 7"``) in the same namespace and returns how many were truthy; the RL
 reward is ``passed / total``, or 0 when the run broke a rule (``SandboxResult.violation``).
-Nothing the candidate code does makes ``run_tests`` raise; bad arguments raise ``SandboxError``.
+Nothing the candidate code does makes ``run_tests`` raise; bad arguments raise ``SandboxError``, and
+a machine that cannot give the requested isolation raises ``SandboxUnavailable`` before any code runs.
 
-Containment is layered, so that one layer failing or being unavailable is not the end of it:
+The boundary is the operating system (``isolation="os"``, the default; ``envs.isolation``):
 
-1. **Process.** The code runs in ``python -I -S -B`` (no site-packages, no environment, no
-   bytecode writes) in its own session and process group, with a minimal environment, stdin
-   consumed, and its cwd in a fresh temp dir that is removed afterwards. The parent enforces
-   the wall-clock limit and then kills the whole process group, so nothing outlives the call.
+1. **Process.** ``python -I -S -B`` (no site-packages, no environment, no bytecode writes) in its own
+   session and process group, a minimal environment (no secrets of the parent), stdin consumed. The
+   parent enforces the wall-clock limit and then kills the whole process group.
 2. **Resource limits** (``setrlimit`` before exec): CPU seconds (SIGXCPU), address space
-   (``MemoryError``), file size (any file, stdout/stderr included: printing 100 MB ends as
-   violation "output" with at most ``file_mb`` on disk), open files, no core dumps.
-3. **Privileges, when run as root** (as CI does): a new, empty network namespace (no route
-   even to 127.0.0.1), uid/gid ``nobody`` owning only the work dir (so writes elsewhere fail
-   at the OS level), ``RLIMIT_NPROC`` (no fork) and ``no_new_privs``. When the interpreter
-   itself is not reachable by ``nobody`` (e.g. pyenv under ``/root``), the process keeps just
-   ``CAP_DAC_READ_SEARCH`` so it can load Python: OS-level *reads* then rest on layer 4,
-   while writes, processes and network stay OS-enforced. As a normal user, none of this
-   applies (``RLIMIT_NPROC`` is per user and would hit the caller's own processes).
-4. **An audit hook** (PEP 578) armed inside the child before the code runs, see
-   ``_sandbox_child.py``: file access outside the work dir (reads of the stdlib excepted),
-   sockets, fork/exec/spawn/kill, importing ``ctypes``/``cffi``/``_posixsubprocess``, hard and
-   symbolic links, and adding audit hooks are refused with ``PermissionError``, and the first
-   refusal is recorded at once in a file the parent reads as the violation reason.
+   (``MemoryError``), file size (any file, stdout/stderr included: printing 100 MB ends as violation
+   "output" with at most ``file_mb`` on disk), open files, processes (per uid), no core dumps.
+3. **Namespaces and a root of its own**: mount, network (empty: no route even to 127.0.0.1), IPC and
+   UTS namespaces; a new root holding only the interpreter, the stdlib and their shared libraries
+   (read-only), ``/sandbox/work`` and a private ``/tmp`` (small tmpfs mounts, gone with the process),
+   four ``/dev`` nodes. No ``/proc``, no ``/etc``, nothing else of the host to read, write or exec.
+4. **No privileges**: every capability dropped (bounding, ambient, permitted, effective,
+   inheritable), a uid no other process has, ``no_new_privs``.
+5. **seccomp**: ``mknod``, ``ptrace``, ``mount``, ``unshare``, ``setns``, ``bpf``, ``keyctl`` and
+   friends kill the process (violation "syscall"); once the runner is up, so does ``execve``.
+6. **An audit hook** (PEP 578, ``_sandbox_child.py``): a tripwire that names what a program tried
+   (file access outside its dirs, sockets, processes, ``ctypes``) and refuses it early. It lives in
+   the candidate's interpreter and can be disabled from there; layers 1-5 do not depend on it. When
+   the OS refuses something the hook did not stop, the runner reports that as the violation.
 
-What this does NOT promise:
+``isolation="hook"`` is the weaker sandbox for machines without root: layers 1, 2 and 6 (as root
+also a network namespace and uid ``nobody``, keeping ``CAP_DAC_READ_SEARCH`` when ``nobody`` cannot
+reach the interpreter). It is never chosen silently: the caller asks for it
+(``task.env.sandbox.isolation=hook``, logged with the run's params).
 
-- The audit hook lives in the same interpreter as the candidate. Code written to attack it
-  (patching stdlib functions the hook relies on, walking ``gc`` or frames) can weaken it; then
-  only layers 1-3 hold, and as non-root only layers 1-2.
-- The test report is produced inside the candidate's process, so a program can in principle
-  forge it (write to the report's file descriptor, or rewrite the runner's state through
-  frames) or game the tests (an object whose ``__eq__`` is always true). The sandbox keeps
-  the host safe; it does not make the reward unhackable. ``total`` always comes from the parent.
-- No seccomp, no mount namespace, no cgroup: syscalls made through a path the hook does not
-  see (crafted bytecode, ``os.mkfifo``, anything unaudited) are bounded only by the OS layers
-  above. Do not run this without root on a machine whose files or network matter.
+What this does NOT promise: the test report is produced inside the candidate's process, so a
+program can forge it (write to the report's file descriptor, disable the hook and rewrite the
+runner's state) or game the tests (an object whose ``__eq__`` is always true). The sandbox keeps the
+host safe; it does not make the reward unhackable. ``total`` always comes from the parent.
 
-Practical consequences: only the stdlib is importable (``-S``); as root, ``max_processes=1``
-also rules out threads (``RLIMIT_NPROC`` counts them), and ``max_processes > 1`` lets the hook
-allow ``os.fork`` (never exec). ``tempfile`` and ``~`` point into the work dir.
+Practical consequences: only the stdlib is importable (``-S``); ``max_processes=1`` also rules out
+threads (``RLIMIT_NPROC`` counts them), and ``max_processes > 1`` lets the hook allow ``os.fork``
+(never exec). ``tempfile`` points at the private ``/tmp``, ``~`` at the work dir.
 """
 
 from __future__ import annotations
@@ -64,7 +61,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_child.py")
+from thinkflow.envs import isolation as os_isolation
+
+_CHILD = os_isolation.CHILD_HOST
+ISOLATION_MODES = ("os", "hook")
 _NOBODY = 65534
 _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C"}  # plus TMPDIR/HOME = the work dir
 _MAX_OPEN_FILES = 64
@@ -72,6 +72,7 @@ _REPORT_MAX_BYTES = 4 << 20
 _EVENTS_MAX_BYTES = 4096
 _STDERR_TAIL = 500
 _HOOK_REASONS = frozenset({"filesystem", "network", "process", "forbidden_import", "tamper"})  # _sandbox_child
+_DISK_MB_PER_FILE_MB = 16  # /sandbox/work and /tmp (tmpfs, OS isolation): room for several files at the limit
 # Linux constants (linux/sched.h, linux/prctl.h, linux/capability.h).
 _CLONE_NEWNET = 0x40000000
 _PR_SET_KEEPCAPS = 8
@@ -96,7 +97,7 @@ class SandboxResult:
     passed: int
     total: int
     violation: str | None  # None, or "cpu_time", "wall_time", "memory", "output", "file_size",
-    # "process", "network", "filesystem", "forbidden_import", "tamper", "crash", "no_report"
+    # "process", "network", "filesystem", "forbidden_import", "tamper", "syscall", "crash", "no_report"
     detail: str  # the violation, the code's error, or the first failing test
     failures: list[str]  # one per failed test: "f(2) == 7: returned 6", "f(0): raised ..."
     stdout: str  # the code's stdout, truncated to output_chars
@@ -113,12 +114,38 @@ class SandboxError(ValueError):
     """Bad arguments to run_tests (never raised for anything the candidate code does)."""
 
 
-def run_tests(code: str, tests: list[str], limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
-    """Run ``code``, then each test expression in its namespace; see the module docstring."""
+class SandboxUnavailable(RuntimeError):
+    """``isolation="os"`` asked for, and this machine cannot give it: no model code is run."""
+
+
+def run_tests(
+    code: str, tests: list[str], limits: SandboxLimits = SandboxLimits(), isolation: str = "os"
+) -> SandboxResult:
+    """Run ``code``, then each test expression in its namespace; see the module docstring.
+    ``isolation="os"`` (the default) refuses to run anything where the OS boundary cannot be had."""
     _validate(code, tests, limits)
+    require(isolation)
+    return _execute(code, list(tests), limits, isolation)
+
+
+def require(isolation: str) -> None:
+    """Raise ``SandboxUnavailable`` (saying why and what to do) unless ``isolation`` can be had here."""
+    if isolation not in ISOLATION_MODES:
+        raise SandboxError(f"isolation must be one of {ISOLATION_MODES}, got {isolation!r}")
+    why = os_isolation.problem() if isolation == "os" else None
+    if why:
+        raise SandboxUnavailable(
+            f"the code sandbox cannot isolate programs at the OS level here: {why}. Model code is not run "
+            "without it. Run as root on Linux, or accept the weaker sandbox (resource limits and an in-process "
+            "audit hook, which a hostile program can disable) with task.env.sandbox.isolation=hook; that "
+            "setting is logged on the run."
+        )
+
+
+def _execute(code: str, tests: list[str], limits: SandboxLimits, isolation: str) -> SandboxResult:
     root = tempfile.mkdtemp(prefix="thinkflow-sandbox-")
     try:
-        return _run_in(root, code, list(tests), limits, _plan())
+        return _run_in(root, code, tests, limits, isolation)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -279,12 +306,7 @@ def _file_limit_bytes(limits: SandboxLimits) -> int:
 # ---------------------------------------------------------------- one run
 
 
-def _run_in(root: str, code: str, tests: list[str], limits: SandboxLimits, plan: _Plan) -> SandboxResult:
-    work = os.path.join(root, "work")
-    os.mkdir(work, 0o700)
-    if plan.drop_uid:
-        os.chown(work, _NOBODY, _NOBODY)
-        os.chmod(root, 0o711)  # nobody may pass through root to its work dir, not list or write it
+def _run_in(root: str, code: str, tests: list[str], limits: SandboxLimits, isolation: str) -> SandboxResult:
     names = ("stdout", "stderr", "result", "events")
     fds = {
         name: os.open(os.path.join(root, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -294,7 +316,10 @@ def _run_in(root: str, code: str, tests: list[str], limits: SandboxLimits, plan:
     try:
         job = {"code": code, "tests": tests, "result_fd": fds["result"], "events_fd": fds["events"]}
         job["allow_fork"] = limits.max_processes > 1
-        proc = _start(work, job, fds, limits, plan)
+        launch = _os_launch(root, limits) if isolation == "os" else _hook_launch(root, limits, _plan())
+        job["write_roots"] = launch.write_roots
+        job["exec_filter"] = os_isolation.exec_filter().hex() if isolation == "os" else None
+        proc = _start(launch, job, fds, root)
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -303,25 +328,64 @@ def _run_in(root: str, code: str, tests: list[str], limits: SandboxLimits, plan:
     return _result(root, len(tests), limits, timed_out, returncode, cpu_used, seconds)
 
 
-def _start(work: str, job: dict, fds: dict[str, int], limits: SandboxLimits, plan: _Plan) -> subprocess.Popen:
+@dataclass(frozen=True)
+class _Launch:
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    preexec: functools.partial
+    write_roots: list[str]  # beside the cwd, where the hook lets the program write
+
+
+def _os_launch(root: str, limits: SandboxLimits) -> _Launch:
+    """Namespaces, a new root, no capabilities, a uid of its own, seccomp (``envs.isolation``)."""
+    new_root = os.path.join(root, "fs")
+    os.mkdir(new_root, 0o700)
+    disk_mb = max(4, math.ceil(limits.file_mb * _DISK_MB_PER_FILE_MB))
+    boundary = os_isolation.boundary(new_root, disk_mb, limits.max_processes)
+    argv = [boundary.layout.python, "-I", "-S", "-B", os_isolation.CHILD]
+    env = {**_ENV, "TMPDIR": os_isolation.TMP, "HOME": os_isolation.WORK}
+    preexec = functools.partial(_preexec_os, limits, boundary)
+    return _Launch(argv, root, env, preexec, [os_isolation.TMP])
+
+
+def _hook_launch(root: str, limits: SandboxLimits, plan: _Plan) -> _Launch:
+    """The weaker sandbox (``isolation="hook"``): whatever of layer 3 the process may do, and the hook."""
+    work = os.path.join(root, "work")
+    os.mkdir(work, 0o700)
+    if plan.drop_uid:
+        os.chown(work, _NOBODY, _NOBODY)
+        os.chmod(root, 0o711)  # nobody may pass through root to its work dir, not list or write it
+    env = {**_ENV, "TMPDIR": work, "HOME": work}  # tempfile and ~ land in the work dir
+    preexec = functools.partial(_preexec, limits, plan)
+    return _Launch([sys.executable, "-I", "-S", "-B", _CHILD], work, env, preexec, [])
+
+
+def _preexec_os(limits: SandboxLimits, boundary: os_isolation.Boundary) -> None:
+    _set_limits(limits)
+    os_isolation.enter(boundary)
+
+
+def _start(launch: _Launch, job: dict, fds: dict[str, int], root: str) -> subprocess.Popen:
     # The job goes in through an unnamed temp file as stdin: no pipe to deadlock on, no path to read back.
     with tempfile.TemporaryFile() as stdin:
         stdin.write(json.dumps(job).encode())
         stdin.seek(0)
         try:
             return subprocess.Popen(
-                [sys.executable, "-I", "-S", "-B", _CHILD],
-                cwd=work,
-                env={**_ENV, "TMPDIR": work, "HOME": work},  # tempfile and ~ land in the work dir
+                launch.argv,
+                cwd=launch.cwd,
+                env=launch.env,
                 stdin=stdin,
                 stdout=fds["stdout"],
                 stderr=fds["stderr"],
                 pass_fds=(fds["result"], fds["events"]),
                 start_new_session=True,
-                preexec_fn=functools.partial(_preexec, limits, plan),
+                preexec_fn=launch.preexec,
             )
         except (OSError, subprocess.SubprocessError) as exc:
-            raise RuntimeError(f"sandbox could not start its child process: {exc}") from exc
+            why = _read_tail(os.path.join(root, "stderr"), _STDERR_TAIL).strip() or str(exc)
+            raise RuntimeError(f"sandbox could not start its child process: {why}") from exc
 
 
 def _wait(proc: subprocess.Popen, wall_s: float) -> tuple[bool, int, float]:
@@ -405,6 +469,11 @@ def _violation(
         return "output", f"stdout/stderr reached the {limits.file_mb} MB file-size limit"
     if returncode == -signal.SIGXFSZ or (report and report["efbig"]):
         return "file_size", f"a file write hit the {limits.file_mb} MB file-size limit"
+    if returncode == -signal.SIGSYS:
+        return "syscall", "killed by SIGSYS: a system call the seccomp filter denies (mknod, ptrace, mount, exec, ...)"
+    if report and report.get("denied"):  # the OS refused what the hook did not stop (it may have been disabled)
+        reason, _, what = report.get("denied").partition("\t")
+        return (reason if reason in _HOOK_REASONS else "tamper"), f"the OS refused {what}"[:_STDERR_TAIL]
     if returncode < 0:
         return "crash", f"killed by signal {_signal_name(-returncode)}"
     if report is None:
@@ -440,6 +509,7 @@ def _read_report(path: str, total: int) -> dict | None:
             and all(isinstance(f, str) for f in report["failures"])
             and isinstance(report.get("error"), str | None)
             and all(type(report.get(k)) is bool for k in ("memory", "efbig"))
+            and isinstance(report.get("denied"), str | None)
         )
     except ValueError:
         return None

@@ -32,7 +32,9 @@ def _env_task(name: str, difficulty: int, env: dict) -> Task:
     turns = {"max_turns": env["max_turns"]} if env.get("max_turns") is not None else {}
     if name == "calc":
         return ToolArithmetic(difficulty, tools=env.get("tools", True), terms=env.get("terms", 1), **turns)
-    return CodeTask(difficulty, limits=SandboxLimits(**env.get("sandbox", {})), **turns)
+    limits = dict(env.get("sandbox", {}))
+    isolation = limits.pop("isolation", "os")
+    return CodeTask(difficulty, limits=SandboxLimits(**limits), isolation=isolation, **turns)
 
 
 __all__ = [
