@@ -25,6 +25,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 from prefect import flow, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
@@ -32,7 +33,7 @@ from prefect.runtime import flow_run  # noqa: E402
 
 from thinkflow import shutdown  # noqa: E402
 from thinkflow.caching import identity_key, result_files_exist, stage_identity  # noqa: E402
-from thinkflow.config import ConfigError, drop_removed_stages, validate  # noqa: E402
+from thinkflow.config import ConfigError, drop_removed_stages, preflight, validate  # noqa: E402
 from thinkflow.runner import (  # noqa: E402
     STAGES,
     enabled_stages,
@@ -43,6 +44,7 @@ from thinkflow.runner import (  # noqa: E402
     start_pipeline_run,
 )
 from thinkflow.sweeps import job_tags  # noqa: E402
+from thinkflow.tasks import TaskError  # noqa: E402
 
 # A stage task is cached on its identity alone (config sections, upstream results, code; see
 # thinkflow.caching) plus its source, never on the whole config or the parent run id, so a run that
@@ -72,6 +74,7 @@ def pipeline(config: dict, tags: dict[str, str] | None = None) -> dict:
     """Run every configured stage in order; returns each stage's result (paths, run ids).
     ``tags`` go on the MLflow parent run (a Hydra sweep's ``sweep_id``, job number, overrides)."""
     t0 = time.perf_counter()
+    preflight(config)  # the config and the task's data, before the MLflow parent run (deployments start here)
     parent = start_pipeline_run(config, flow_run.get_id(), tags)
     setup = time.perf_counter() - t0  # config checks, tracking store and the parent run
     cfg = validate(config)
@@ -174,20 +177,34 @@ def check_prefect_server() -> None:
     )
 
 
+def checked_config(cfg: DictConfig, overrides: list[str]) -> dict:
+    """The resolved config, validated and its task's data checked before the Prefect server starts. A bad key
+    or data file ends the run with one message and no traceback (raised from the flow, Hydra and Prefect
+    would each print it, after the ~20 s server start)."""
+    try:
+        config = drop_removed_stages(OmegaConf.to_container(cfg, resolve=True), overrides)
+        preflight(config)
+    except (ConfigError, TaskError) as err:
+        raise SystemExit(str(err)) from None
+    except OmegaConfBaseException as err:  # e.g. an interpolation that does not resolve
+        raise SystemExit(f"invalid config: {err}") from None
+    return config
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pipeline")
 def main(cfg: DictConfig) -> dict:
+    from hydra.core.hydra_config import HydraConfig
+
+    config = checked_config(cfg, OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False))
     check_prefect_server()
     for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from hydra.core.hydra_config import HydraConfig
-
     if "joblib" in str(HydraConfig.get().launcher.get("_target_", "")) and not os.environ.get("PREFECT_API_URL"):
         raise SystemExit(
             "parallel sweep jobs (hydra/launcher=joblib) share one Prefect server: start `prefect server start` "
             "and set PREFECT_API_URL=http://127.0.0.1:4200/api, or drop hydra/launcher=joblib to run the jobs "
             "one after another on a temporary server"
         )
-    config = drop_removed_stages(OmegaConf.to_container(cfg, resolve=True), list(HydraConfig.get().overrides.task))
     # SIGTERM outside the flow, and after the flow has handled it (Prefect re-sends it to this handler)
     signal.signal(signal.SIGTERM, shutdown.raise_terminated)
     try:

@@ -65,3 +65,17 @@ def test_malformed_override_is_refused():
 def test_paths_root_moves_every_generated_file(tmp_path):
     cfg = validate(compose(root=tmp_path))
     assert Path(cfg.paths.work_dir) == tmp_path / "mlruns" / "work"
+
+
+def test_preflight_checks_the_task_data(tmp_path, gsm8k_dir):
+    from thinkflow.config import preflight
+    from thinkflow.tasks import TaskError
+
+    assert preflight(compose(["task=gsm8k", f"task.source={gsm8k_dir}"], root=tmp_path)).task.name == "gsm8k"
+    assert preflight(compose(["task=gsm8k", "task.source=openai/gsm8k"], root=tmp_path))  # hub id: left to datasets
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text('{"question": "q?", "answer": "#### 1"}\n')
+    (data / "test.jsonl").write_text("")
+    with pytest.raises(TaskError, match=f"{data / 'test.jsonl'}: empty split"):
+        preflight(compose(["task=gsm8k", f"task.source={data}"], root=tmp_path))

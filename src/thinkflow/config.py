@@ -2,7 +2,8 @@
 
 Hydra composes ``conf/``; the result is resolved to a plain dict and validated here before any
 compute. Unknown keys, wrong types and impossible values stop the run with a message that
-names the key (``model.n_heads: ...``). Stage code receives these typed sections.
+names the key (``model.n_heads: ...``); ``preflight`` also checks the task's data. Stage code
+receives these typed sections.
 """
 
 from __future__ import annotations
@@ -435,6 +436,14 @@ def drop_removed_stages(config: dict, overrides: list[str]) -> dict:
     return config
 
 
+def preflight(config: dict) -> PipelineConfig:
+    """Everything that can be checked before any compute: the config (``validate``: a ConfigError names each
+    bad key) and the task's data (``Task.check``: a TaskError names the file, the line and what is wrong)."""
+    cfg = validate(config)
+    cfg.task.build().check()
+    return cfg
+
+
 def validate(config: dict) -> PipelineConfig:
     """Validate a resolved config dict; raise ConfigError naming each bad key."""
     try:
@@ -444,7 +453,8 @@ def validate(config: dict) -> PipelineConfig:
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"]) or "<root>"
             msg = e["msg"].removeprefix("Value error, ")
-            shown = e["type"] != "missing" and e["loc"]  # a whole-config check names its keys itself
+            # a section's own check (and the whole config's) names its keys itself: its input is not echoed
+            shown = e["type"] != "missing" and e["loc"] and not isinstance(e["input"], dict)
             shown = shown and not any("key" in str(p).lower() for p in e["loc"])  # never echo a secret
             lines.append(f"  {key}: {msg}" + (f" (got {e['input']!r})" if shown else ""))
         raise ConfigError("invalid config:\n" + "\n".join(lines)) from None

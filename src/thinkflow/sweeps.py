@@ -7,7 +7,9 @@ the sweep), ``sweep.job`` (Hydra's job number) and ``sweep.overrides``. When the
 ``SweepSummary`` (a Hydra callback registered in ``conf/pipeline.yaml``) gathers the parent runs of
 the sweep from MLflow into one table (jobs x headline metrics), prints it and logs it as
 ``sweep/summary.md`` and ``.csv`` on a run named ``sweep <id>``. Stages shared by jobs are reused
-(``thinkflow.caching``): a sweep over evaluation settings trains once.
+(``thinkflow.caching``): a sweep over evaluation settings trains once. Before the first job starts,
+``SweepSummary`` validates every job's config and checks its data (``check_jobs``): a bad value in
+any job stops the sweep at once with one message naming the job and the key.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from typing import Any
 import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from thinkflow.config import drop_removed_stages, validate
+from thinkflow.config import ConfigError, drop_removed_stages, validate
+from thinkflow.tasks import TaskError
 from thinkflow.tracking import Tracker, resolve_uri
 
 SWEEP_TAG = "sweep_id"
@@ -150,18 +154,55 @@ def decode_plot(table: pd.DataFrame, out: Path) -> Path | None:
     return out / "decode_tokens_per_s.png"
 
 
-def _tracker(config: DictConfig) -> Tracker:
+def _plain(config: DictConfig, overrides: list[str]) -> dict:
     # resolve everything but the hydra node (its job-level keys are unset outside a job)
     plain = {key: OmegaConf.to_container(config[key], resolve=True) if OmegaConf.is_config(config[key])
              else config[key] for key in config if key != "hydra"}  # fmt: skip
-    cfg = validate(drop_removed_stages(plain, list(config.hydra.overrides.task)))
+    return drop_removed_stages(plain, overrides)
+
+
+def _tracker(config: DictConfig) -> Tracker:
+    cfg = validate(_plain(config, OmegaConf.to_container(config.hydra.overrides.task, resolve=False)))
     return Tracker(resolve_uri(cfg.tracking.uri, cfg.paths.root), cfg.tracking.experiment, cfg.paths.root)
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
+    """Each job's overrides, in Hydra's job order, for the basic sweeper (None for another sweeper, which
+    picks values as it goes)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        return None
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    task = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    return [job for batch in BasicSweeper.split_arguments(parser.parse_overrides(params + task), None) for job in batch]
+
+
+def check_jobs(config: DictConfig) -> None:
+    """Every job of the sweep validated, and its task's data checked, before the first job starts: a bad
+    value anywhere ends the sweep with one message naming the job and the key (no traceback)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader, checked = GlobalHydra.instance().config_loader(), set()
+    for num, overrides in enumerate(sweep_jobs(config) or []):
+        try:
+            cfg = validate(_plain(loader.load_sweep_config(config, overrides), overrides))
+            if (task := cfg.task.model_dump_json()) not in checked:  # each task's data read once
+                cfg.task.build().check()
+                checked.add(task)
+        except (ConfigError, TaskError, OmegaConfBaseException) as err:
+            what = f"invalid config: {err}" if isinstance(err, OmegaConfBaseException) else err
+            raise SystemExit(f"sweep job {num} ({' '.join(overrides)}): {what}") from None
 
 
 class SweepSummary(Callback):
     """Hydra callback: at the end of a multirun, the table of its jobs in MLflow and on stdout."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_jobs(config)
         # Create (migrate) the tracking store and the experiment once, before jobs that may run in
         # parallel (hydra/launcher=joblib) race to do it.
         _tracker(config)
@@ -186,4 +227,4 @@ class SweepSummary(Callback):
         (Path(sweep_dir) / "summary.md").write_text(markdown)
 
 
-__all__ = ["SWEEP_TAG", "SweepSummary", "job_tags", "summary_table", "sweep_id"]
+__all__ = ["SWEEP_TAG", "SweepSummary", "check_jobs", "job_tags", "summary_table", "sweep_id"]

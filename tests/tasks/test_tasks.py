@@ -1,5 +1,6 @@
 import json
 import random
+import re
 
 import pytest
 
@@ -131,20 +132,72 @@ def test_gsm8k_local_jsonl_and_extraction(gsm8k_dir):
     assert task.extract_answer("#### " + "9" * 5000) == "9" * 5000
 
 
-def test_gsm8k_rows_without_marker_are_skipped_and_counted(tmp_path):
+def test_gsm8k_hub_rows_without_marker_are_skipped_and_counted():
     rows = [
         {"question": "q1?", "answer": "1+1=2\n#### 2"},
         {"question": "q2?", "answer": "no final marker here"},
         {"question": "q3?", "answer": "#### not a number"},
         {"question": "q4?", "answer": "#### 4"},
     ]
-    for split in ("train", "test"):
-        (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    task = GSM8K()  # rows as datasets gives them for a hub id (local files are checked strictly instead)
+    assert [p.answer for p in task._problems(rows, 10)] == ["2", "4"]
+    assert task.skipped_rows == 2
+
+
+def test_gsm8k_hub_source_is_not_checked_offline():
+    assert GSM8K("openai/gsm8k").check() is None  # nothing to read here: datasets loads it in the stage
+
+
+GOOD = {"question": "q1?", "answer": "1+1=2\n#### 2"}
+
+
+@pytest.mark.parametrize(
+    "lines,line,problem",
+    [
+        ([], None, "empty split (no records)"),
+        (["", "  "], None, "empty split (no records)"),
+        ([GOOD, '{"question": "q2?", "answer": "#### 3"'], 2, "bad JSON (Expecting ',' delimiter"),
+        ([GOOD, "", "{oops}"], 3, "bad JSON (Expecting property name"),  # blank lines still count
+        ([GOOD, {"answer": "#### 3"}], 2, "missing field 'question'"),
+        ([{"question": "q?", "Answer": "#### 3"}], 1, "missing field 'answer'"),
+        ([GOOD, {"question": "q2?", "answer": "no final marker here"}], 2, "answer has no '#### <number>'"),
+        ([{"question": "q2?", "answer": "7 eggs\n#### seven"}], 1, "no number after '####' (got 'seven')"),
+        ([{"question": None, "answer": "#### 3"}], 1, "field 'question' must be a non-empty string, got None"),
+        ([["q?", "#### 3"]], 1, 'expected a JSON object with question and answer, got ["q?", "#### 3"]'),
+    ],
+)
+def test_gsm8k_bad_local_data_names_file_line_and_problem(tmp_path, lines, line, problem):
+    (tmp_path / "train.jsonl").write_text(json.dumps(GOOD) + "\n")
+    bad = tmp_path / "test.jsonl"
+    bad.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    where = f"{bad}, line {line}: " if line else f"{bad}: "
     task = GSM8K(source=str(tmp_path))
-    train, test = task.splits(10, 10, seed=0)
-    assert [p.answer for p in test] == ["2", "4"]
-    assert train == []  # identical questions are held out
-    assert task.skipped_rows == 4  # two bad rows in each split
+    with pytest.raises(TaskError, match=re.escape(where + problem)):
+        task.check()  # before any compute (thinkflow.config.preflight)
+    with pytest.raises(TaskError, match=re.escape(where + problem)):
+        task.splits(1, 1, seed=0)  # and the stage's loader, if it gets there
+
+
+def test_gsm8k_check_reads_the_train_split_too(tmp_path):
+    (tmp_path / "test.jsonl").write_text(json.dumps(GOOD) + "\n")
+    (tmp_path / "train.jsonl").write_text("")
+    with pytest.raises(TaskError, match=re.escape(f"{tmp_path / 'train.jsonl'}: empty split")):
+        GSM8K(source=str(tmp_path)).check()
+
+
+def test_gsm8k_json_array_file(tmp_path):
+    file = tmp_path / "gsm8k.json"
+    file.write_text(json.dumps([GOOD, {"question": "q2?", "answer": "#### 1,000"}]))
+    task = GSM8K(source=str(file))
+    task.check()
+    assert [p.answer for p in task.splits(0, 2, seed=0)[1]] == ["2", "1000"]
+    file.write_text(json.dumps([GOOD, {"question": "q2?"}]))
+    with pytest.raises(TaskError, match=re.escape(f"{file}, record 2: missing field 'answer'")):
+        task.check()
+
+
+def test_gsm8k_shared_data_passes_the_check(gsm8k_dir):
+    GSM8K(source=str(gsm8k_dir)).check()
 
 
 def test_gsm8k_missing_path_is_a_clear_error(tmp_path):

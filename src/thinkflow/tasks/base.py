@@ -65,6 +65,11 @@ class Task(ABC):
     def splits(self, n_train: int, n_test: int, seed: int) -> tuple[list[Problem], list[Problem]]:
         """Disjoint train and held-out test problems (by ``Problem.id``)."""
 
+    def check(self) -> None:
+        """Check the task's data before any compute (``thinkflow.config.preflight``); raise a TaskError naming
+        the file, the line and what is wrong."""
+        return None  # generated tasks: nothing to read
+
 
 class SyntheticTask(Task):
     """A task whose problems come from a seeded generator with a difficulty knob."""
