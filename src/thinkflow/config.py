@@ -30,10 +30,10 @@ class SandboxConfig(_Strict):
     wall_s: float = Field(5.0, gt=0)
     memory_mb: int = Field(512, ge=32)
     file_mb: float = Field(1.0, gt=0)
-
     # os: namespaces, a new root, no capabilities, seccomp (refuses to run where the machine cannot);
     # hook: resource limits and the in-process audit hook only, an explicit opt-in logged on the run
     isolation: Literal["os", "hook"] = "os"
+
 
 class EnvConfig(_Strict):
     """Environment tasks (calc, code): the episode's rules."""

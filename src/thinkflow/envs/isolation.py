@@ -46,16 +46,15 @@ TMP = "/tmp"
 DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
 HOSTNAME = b"sandbox"
 # Killed on sight (SIGSYS): what a program that broke out of the interpreter would reach for next.
-DENIED_SYSCALLS = tuple(
-    """
+_DENIED = """
     mknod mknodat ptrace process_vm_readv process_vm_writev mount umount2 pivot_root chroot unshare
     setns bpf keyctl add_key request_key perf_event_open kexec_load kexec_file_load init_module
     finit_module delete_module reboot swapon swapoff acct userfaultfd open_by_handle_at
     name_to_handle_at io_uring_setup io_uring_enter io_uring_register fsopen fsmount fsconfig fspick
     move_mount open_tree mount_setattr iopl ioperm syslog quotactl settimeofday clock_settime adjtimex
     clock_adjtime sethostname setdomainname lookup_dcookie vhangup fanotify_init personality
-    """.split()
-)
+"""
+DENIED_SYSCALLS = tuple(_DENIED.split())
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 _UID_BASE = 1_500_000_000  # far above login and container (subuid) ranges; one uid per run
 
