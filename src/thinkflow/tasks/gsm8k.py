@@ -13,12 +13,13 @@ loaded through ``datasets``; its rows without a ``####`` answer are skipped and 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from decimal import Decimal
-from pathlib import Path
 
 from thinkflow.tasks.base import Problem, Task, TaskError
+from thinkflow.tasks.data import load_rows, local_file
+
+FIELDS = ("question", "answer")
 
 _NUMBER = re.compile(r"-?[0-9][0-9,]*(?:\.[0-9]+)?", re.ASCII)
 
@@ -36,33 +37,11 @@ class GSM8K(Task):
         """Read and check both splits of a local source (a TaskError names the file, line and problem);
         a hub id cannot be checked offline and is left to ``datasets`` when a stage loads it."""
         for split in ("test", "train"):
-            if (file := self._local_file(split)) is not None:
-                read_records(file)
-
-    def _local_file(self, split: str) -> Path | None:
-        """The local file holding ``split``, or None for a hub id."""
-        path = Path(self.source)
-        if path.is_dir():
-            file = path / f"{split}.jsonl"
-            if not file.exists():
-                raise TaskError(f"gsm8k: no {split}.jsonl in local dataset directory {path}")
-            return file
-        if path.suffix in (".json", ".jsonl") or "/" in self.source and path.parent.exists():
-            if not path.exists():
-                raise TaskError(f"gsm8k: dataset path {path} does not exist")
-            return path
-        return None
+            if local_file(self.name, self.source, split) is not None:
+                self._load(split)
 
     def _load(self, split: str) -> list[dict]:
-        if (file := self._local_file(split)) is not None:
-            return read_records(file)
-        import datasets
-
-        ds = datasets.load_dataset(self.source, self.config_name, split=split)
-        missing = {"question", "answer"} - set(ds.column_names)
-        if missing:
-            raise TaskError(f"gsm8k: dataset {self.source} lacks column(s) {sorted(missing)}")
-        return list(ds)
+        return load_rows(self.name, self.source, split, FIELDS, self.config_name, check=_bad_record)
 
     def _problems(self, rows: list[dict], n: int) -> list[Problem]:
         out = []
@@ -114,54 +93,16 @@ def _number(span: str | None) -> str | None:
     return _canonical(m.group(0).replace(",", "")) if m else None
 
 
-def read_records(file: Path) -> list[dict]:
-    """Every record of a local GSM8K file (JSON Lines, or a JSON array), each checked; a TaskError names
-    the file, the line (or record) and what is wrong: bad JSON, a missing field, no ``####`` answer, no records."""
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise TaskError(f"gsm8k data: {file}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    if file.suffix == ".json" and text.lstrip().startswith("["):  # one JSON array (datasets reads these too)
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise TaskError(
-                f"gsm8k data: {file}, line {err.lineno}: bad JSON ({err.msg}, column {err.colno})"
-            ) from None
-        rows = [_checked(r, f"{file}, record {i}") for i, r in enumerate(records, 1)]
-    else:
-        rows = []
-        for lineno, line in enumerate(text.split("\n"), 1):  # JSON Lines: only \n ends a record
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TaskError(
-                    f"gsm8k data: {file}, line {lineno}: bad JSON ({err.msg}, column {err.colno})"
-                ) from None
-            rows.append(_checked(record, f"{file}, line {lineno}"))
-    if not rows:
-        raise TaskError(f"gsm8k data: {file}: empty split (no records)")
-    return rows
-
-
-def _checked(record, where: str) -> dict:
-    if not isinstance(record, dict):
-        raise TaskError(
-            f"gsm8k data: {where}: expected a JSON object with question and answer, got {json.dumps(record)[:80]}"
-        )
-    for key in ("question", "answer"):
-        if key not in record:
-            raise TaskError(f"gsm8k data: {where}: missing field {key!r} (has {sorted(record)})")
+def _bad_record(record: dict) -> str | None:
+    """What is wrong with a local GSM8K record (fields present: ``tasks.data`` checked them), or None."""
+    for key in FIELDS:
         if not isinstance(record[key], str) or not record[key].strip():
-            raise TaskError(f"gsm8k data: {where}: field {key!r} must be a non-empty string, got {record[key]!r:.80}")
+            return f"field {key!r} must be a non-empty string, got {record[key]!r:.80}"
     if "####" not in record["answer"]:
-        raise TaskError(f"gsm8k data: {where}: answer has no '#### <number>' final answer")
+        return "answer has no '#### <number>' final answer"
     if final_answer(record["answer"]) is None:
-        tail = record["answer"].rsplit("####", 1)[1].strip()
-        raise TaskError(f"gsm8k data: {where}: no number after '####' (got {tail!r:.80})")
-    return record
+        return f"no number after '####' (got {record['answer'].rsplit('####', 1)[1].strip()!r:.80})"
+    return None
 
 
 def _canonical(number: str) -> str | None:
