@@ -44,16 +44,32 @@ class EnvConfig(_Strict):
     sandbox: SandboxConfig = SandboxConfig()
 
 
+class DecontaminationConfig(_Strict):
+    """Training problems checked against the held-out problems before a training stage uses them."""
+
+    n: int = Field(13, ge=1)  # n-gram length for text; problems shorter than n tokens: exact match
+    action: Literal["off", "report", "drop", "fail"] = "drop"
+
+
 class TaskConfig(_Strict):
     name: str
     difficulty: int = Field(3, ge=1)
-    source: str | None = None  # GSM8K: hub id or local directory/JSONL
+    source: str | None = None  # GSM8K, MATH-500: hub id or local directory/JSONL
     n_test: int = Field(256, ge=1)
     env: EnvConfig = EnvConfig()
+    shots: int = Field(4, ge=0, le=4)  # math500: Minerva worked examples in the task's own prompt
+    thinking: tuple[str, str] = ("<think>", "</think>")  # math500: the answer is read after the closing one
+    check_timeout_s: float = Field(2.0, gt=0)  # math500: bound on one math-verify answer check
+    decontaminate: DecontaminationConfig = DecontaminationConfig()
 
     def build(self):
         """The task this config names (``tasks.build_task``)."""
-        return build_task(self.name, self.difficulty, self.source, self.env.model_dump())
+        options = {"shots": self.shots, "thinking": self.thinking, "timeout_s": self.check_timeout_s}
+        return build_task(self.name, self.difficulty, self.source, self.env.model_dump(), options)
+
+    @property
+    def evaluation_only(self) -> bool:
+        return bool(getattr(TASKS.get(self.name), "evaluation_only", False))
 
     @model_validator(mode="after")
     def _known(self) -> TaskConfig:
@@ -409,6 +425,13 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _stages(self) -> PipelineConfig:
+        training = [name for name in ("pretrain", "rl") if getattr(self, name) is not None]
+        if self.task.evaluation_only and training:
+            raise ValueError(
+                f"task {self.task.name} is evaluation-only (no training split), but {' and '.join(training)} would "
+                f"train on it: drop them ({' '.join('~' + t for t in training)}) and evaluate a checkpoint with "
+                "ttc.init_from=DIR, or compare"
+            )
         if self.rl is not None and self.pretrain is None and not self.rl.init_from:
             raise ValueError("rl needs a starting checkpoint: enable pretrain or set rl.init_from")
         if self.ttc is not None and not self.ttc.init_from and not self.ttc_checkpoints:

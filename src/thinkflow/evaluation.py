@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+import pandas as pd
 
 from thinkflow.envs import sample_verdict, with_env
 from thinkflow.inference import SamplingParams
@@ -58,3 +61,39 @@ def sampled_pass_at_1(
     correct = [sum(sample_verdict(task, p, s)[0] for s in g) for p, g in zip(problems, groups, strict=True)]
     tokens = sum(s.gen_tokens for g in groups for s in g)
     return SampledResult(sum(correct) / (n * len(problems)), len(problems), n, tokens, correct)
+
+
+BREAKDOWN_KEYS = ("level", "subject")  # Problem.meta keys a benchmark's report is broken down by (MATH-500)
+
+
+def breakdown(table: pd.DataFrame, problems: list[Problem], column: str = "correct") -> pd.DataFrame:
+    """Accuracy per level and per subject (problems carrying them in ``meta``): the mean over the group's
+    problems of each problem's mean ``column`` (pass@1 for sampled tables, accuracy for greedy ones).
+    Columns: group, value, n_problems, accuracy; empty when no problem carries a breakdown key."""
+    per_problem = table.groupby("problem_id", sort=False)[column].mean()
+    rows = []
+    for key in BREAKDOWN_KEYS:
+        groups: dict = {}
+        for p in problems:
+            if key in p.meta and p.id in per_problem.index:
+                groups.setdefault(p.meta[key], []).append(p.id)
+        for value in sorted(groups, key=str):
+            accuracy = float(per_problem.loc[groups[value]].mean())
+            rows.append({"group": key, "value": value, "n_problems": len(groups[value]), "accuracy": accuracy})
+    return pd.DataFrame(rows, columns=["group", "value", "n_problems", "accuracy"])
+
+
+def breakdown_metrics(frame: pd.DataFrame, prefix: str, name: str) -> dict[str, float]:
+    """``{prefix}/level_3/{name}``, ``{prefix}/subject_number_theory/{name}``: stable, UI-comparable keys."""
+    return {f"{prefix}/{r.group}_{slug(str(r.value))}/{name}": r.accuracy for r in frame.itertuples()}
+
+
+def breakdown_markdown(frame: pd.DataFrame, title: str) -> list[str]:
+    if frame.empty:
+        return []
+    lines = ["", f"| group | value | problems | {title} |", "|---|---|---:|---:|"]
+    return lines + [f"| {r.group} | {r.value} | {r.n_problems} | {r.accuracy:.3f} |" for r in frame.itertuples()]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")

@@ -1,4 +1,5 @@
-"""What every stage receives: its tracking context and a config-keyed work directory."""
+"""What every stage receives: its tracking context, a config-keyed work directory, and for training
+stages their problems, checked against the held-out ones (``task.decontaminate``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from thinkflow.config import PipelineConfig
+from thinkflow.config import ConfigError, PipelineConfig
+from thinkflow.contamination import ContaminationError, check_training_problems
+from thinkflow.tasks import Problem, Task
 from thinkflow.tracking import Tracker
 
 
@@ -28,3 +31,32 @@ def stage_work_dir(cfg: PipelineConfig, stage: str, section: dict) -> Path:
     path = Path(cfg.paths.work_dir).resolve() / stage / config_key(section)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def training_problems(cfg: PipelineConfig, task: Task, n_train: int, ctx: StageContext) -> tuple[list, list]:
+    """(train, held-out) problems for a training stage. Train problems whose text overlaps a held-out
+    problem (``task.decontaminate``: n-grams, exact match for short problems) are dropped, reported or
+    fail the stage; ``data/contamination/*`` metrics say how many were checked and found."""
+    train, test = task.splits(n_train, cfg.task.n_test, seed=cfg.seed)
+    dc = cfg.task.decontaminate
+    if dc.action == "off" or not train:
+        return train, test
+    held_out = {task.name: [_text(p) for p in test]}
+    try:
+        report = check_training_problems([_text(p) for p in train], held_out, dc.n, dc.action)
+    except ContaminationError as err:
+        raise ConfigError(f"task.decontaminate.action={dc.action}: {err}") from None
+    dropped = len(train) - len(report.kept) if dc.action == "drop" else 0
+    counts = {"checked": report.checked, "overlapping": report.contaminated, "dropped": dropped}
+    ctx.tracker.log_metrics(ctx.run_id, {f"data/contamination/{k}": float(v) for k, v in counts.items()})
+    if report.contaminated:
+        what = "dropped" if dropped else "kept"
+        print(
+            f"{task.name}: {report.contaminated} of {len(train)} training problems overlap held-out ones ({what}): "
+            + report.describe()
+        )
+    return ([train[i] for i in report.kept] if dropped else train), test
+
+
+def _text(problem: Problem) -> str:
+    return problem.meta.get("question", problem.prompt)

@@ -53,6 +53,7 @@ class ScriptedOpenAIServer:
         self.paid: Counter = Counter()
         self.faulted: Counter = Counter()
         self.arrivals: list[float] = []
+        self.requests: list[dict] = []  # every authorised request body, in arrival order
         self.spent_usd = 0.0
         self.unauthorized = 0
         self._n = 0
@@ -152,6 +153,8 @@ class ScriptedOpenAIServer:
                     with server._lock:
                         server.unauthorized += 1
                     return self._json(401, {"error": {"message": "invalid api key", "type": "auth"}})
+                with server._lock:
+                    server.requests.append(body)
                 if server.latency_s:
                     time.sleep(server.latency_s)
                 if fault:

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import compose
+from tests.conftest import ROOT, compose
 from thinkflow.config import ConfigError, validate
 from thinkflow.ttc.allocation import compute_optimal, compute_saving, difficulty_bins
 from thinkflow.ttc.curves import per_problem
@@ -76,3 +76,33 @@ def test_ttc_eval_stage_on_a_tiny_checkpoint(tmp_path):
     table = pd.read_csv(client.download_artifacts(result["run_id"], "ttc/samples_pretrain.csv", str(tmp_path / "dl")))
     assert no_answer == pytest.approx(1 - table.has_answer.mean())  # counted, and they are all wrong:
     assert not table[~table.has_answer].correct.any()
+
+
+def test_ttc_eval_on_math500_reports_by_level_and_allocates_over_levels(tmp_path):
+    """An evaluation-only benchmark through ttc_eval: a local checkpoint (``ttc.init_from``), pass@1 by level and
+    subject, the compute-optimal allocation binned by MATH-500's five levels."""
+    from mlflow import MlflowClient
+
+    from thinkflow.checkpoints import save_hf
+    from thinkflow.models import build_model_and_tokenizer
+    from thinkflow.runner import run_stage, start_pipeline_run
+
+    math500 = ROOT.parent / "shared" / "datasets" / "math500"
+    if not (math500 / "test.jsonl").exists():
+        pytest.skip(f"MATH-500 not found at {math500}")
+    tiny = {"n_layers": 1, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "d_ff": 64, "max_seq_len": 2048}
+    ckpt = save_hf(*build_model_and_tokenizer(tiny, seed=3), tmp_path / "model")
+    overrides = ["task=math500", f"task.source={math500}", "task.n_test=10", "task.shots=0", f"ttc.init_from={ckpt}",
+                 "ttc.n_max=4", "ttc.ks=[1,2,4]", "ttc.budgets=[]", "ttc.wait_min_think=[]", "ttc.verifier.samples=2"]  # fmt: skip
+    config = compose(overrides, root=tmp_path) | {"pretrain": None, "rl": None, "compare": None}
+    result = run_stage("ttc_eval", config, start_pipeline_run(config, None), {}, None)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    metrics = client.get_run(result["run_id"]).data.metrics
+    levels = {k for k in metrics if k.startswith("ttc/init/level_")}
+    assert levels == {f"ttc/init/level_{lv}/pass_at_1" for lv in range(1, 6)}  # 10 problems, stratified: 1 2 2 2 3
+    assert any(k.startswith("ttc/init/subject_") for k in metrics)
+    assert "ttc/init/thinking_tokens" in metrics and "ttc/init/answer_tokens" in metrics
+    allocation = pd.read_csv(client.download_artifacts(result["run_id"], "ttc/allocation_init.csv", str(tmp_path)))
+    assert (allocation.choice_by_bin.str.split().str.len() == 5).all()  # one choice per level
+    assert "| group | value | problems | init: pass@1 |" in result["summary_md"]
+    assert "| level | 3 | 2 | " in result["summary_md"] and "| level | 5 | 3 | " in result["summary_md"]

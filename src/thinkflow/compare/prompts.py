@@ -35,7 +35,8 @@ def render(task: Task, problem: Problem, style: str, shots: list[Problem]) -> st
         turns: list[tuple[str, str]] = [("system", instruction(task))]
         for s in shots:
             turns += [("user", s.prompt.strip()), ("assistant", task.completion(s).strip())]
-        return (*turns, ("user", problem.prompt.strip()))
+        # a benchmark whose own prompt carries worked examples (MATH-500's Minerva prompt) keeps the bare question
+        return (*turns, ("user", problem.meta.get("question", problem.prompt).strip()))
     raise ValueError(f"unknown prompt style {style!r}; known: plain, fewshot, chat")
 
 

@@ -30,6 +30,7 @@ from thinkflow.compare.prompts import stop_strings
 from thinkflow.compare.report import comparison_table, cost_plot, markdown, matched_compute
 from thinkflow.config import PipelineConfig
 from thinkflow.envs import with_env
+from thinkflow.evaluation import breakdown, breakdown_metrics
 from thinkflow.inference import GenerationError, SamplingParams
 from thinkflow.models import CheckpointError
 from thinkflow.stages import StageContext, config_key, stage_work_dir
@@ -132,7 +133,7 @@ def evaluate(c: Contestant, task, problems, train, cc) -> tuple[pd.DataFrame, pd
         budgets = budget_points(c.engine, task, rendered, c.name, c.flop_model, max_new, cc.budgets, [],
                                 cc.bootstrap, cc.answer_tokens)  # fmt: skip
     table = pd.concat(tables, ignore_index=True)
-    summary = _episode_totals(table) | {"status": status, "note": note.strip("; "), "n_problems": len(kept),
+    summary = _episode_totals(table) | _answer_totals(g_table, kept) | {"status": status, "note": note.strip("; "), "n_problems": len(kept),
                "tokens_out": int(table.gen_tokens.sum()), "cost_usd": float(table.usd.sum()),
                "flops": float(table.flops.sum()), "wall_s": t_greedy + t_sampled}  # fmt: skip
     if c.client is not None:
@@ -150,6 +151,16 @@ def _episode_totals(table: pd.DataFrame) -> dict:
             "env/invalid_actions_per_episode": float(table.invalid_actions.mean()),
             "env/sandbox_violations": float(table.sandbox_violations.sum()), "env/seconds": float(table.env_s.sum()),
             "env/mean_reward": float(table.reward.mean())}  # fmt: skip
+
+
+def _answer_totals(greedy: pd.DataFrame, problems) -> dict:
+    """Greedy answers: share without an answer, the lenient-minus-strict gap (GSM8K), accuracy by level and
+    subject (MATH-500; ``breakdown`` rows)."""
+    out = {"no_answer_frac": float(1 - greedy["has_answer"].mean())}
+    if "correct_lenient" in greedy.columns:
+        out["lenient_minus_strict"] = float(greedy["correct_lenient"].mean() - greedy["correct"].mean())
+    frame = breakdown(greedy, problems)
+    return out | ({"breakdown": frame.to_dict("records")} if not frame.empty else {})
 
 
 def _generate(c: Contestant, engine, prompts: list, params: SamplingParams) -> tuple[list, float, str]:
@@ -196,9 +207,10 @@ def _log_contestant(ctx, run_id: str, points: pd.DataFrame, budgets: pd.DataFram
     for r in budgets.itertuples():
         t.log_metrics(run_id, {"compare/budget_acc": r.accuracy}, step=int(r.knob))
     keys = ("cost_usd", "tokens_out", "flops", "wall_s", "n_problems", "api_paid_calls", "api_cache_hits",
-            "api_retries", *(k for k in s if k.startswith("env/")))  # fmt: skip
+            "api_retries", "no_answer_frac", "lenient_minus_strict", *(k for k in s if k.startswith("env/")))  # fmt: skip
     totals = {f"compare/{k}": float(s[k]) for k in keys if k in s and np.isfinite(float(s[k]))}
-    t.log_metrics(run_id, totals)
+    by = breakdown_metrics(pd.DataFrame(s.get("breakdown", [])), "compare", "acc_greedy")
+    t.log_metrics(run_id, totals | by)
 
 
 def _finish(cfg, ctx, work: Path, points: pd.DataFrame, summaries: dict, n_problems: int, wall: float) -> dict:
@@ -210,6 +222,14 @@ def _finish(cfg, ctx, work: Path, points: pd.DataFrame, summaries: dict, n_probl
     matched = {by: matched_compute(points, sizes, by) for by in ("flops", "usd")} if not points.empty else {}
     benchmark = cfg.task.name + (f" ({cfg.task.source})" if cfg.task.source else "")
     md = markdown(table, matched, n_problems, benchmark)
+    parts = [pd.DataFrame(s["breakdown"]).assign(contestant=n) for n, s in summaries.items() if s.get("breakdown")]
+    if parts:  # greedy accuracy by level and subject, one column per contestant
+        by = pd.concat(parts, ignore_index=True)
+        by.to_csv(out / "breakdown.csv", index=False)
+        wide = by.pivot_table(index=["group", "value"], columns="contestant", values="accuracy", sort=False)
+        rows = [f"| {g} | {v} | " + " | ".join(f"{a:.3f}" for a in r) + " |" for (g, v), r in wide.iterrows()]
+        head = ["| group | value | " + " | ".join(wide.columns) + " |", "|---|---|" + "---:|" * len(wide.columns)]
+        md += "\n## Greedy accuracy by level and subject\n\n" + "\n".join(head + rows) + "\n"
     (out / "comparison.md").write_text(md)
     table.to_csv(out / "comparison.csv", index=False)
     points.to_csv(out / "points.csv", index=False)

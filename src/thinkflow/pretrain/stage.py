@@ -21,7 +21,7 @@ from thinkflow.distributed.strategy import build_strategy
 from thinkflow.models import build_model_and_tokenizer, load_checkpoint, n_params
 from thinkflow.pretrain.data import TraceDataModule
 from thinkflow.pretrain.module import CausalLMModule
-from thinkflow.stages import StageContext, stage_work_dir
+from thinkflow.stages import StageContext, stage_work_dir, training_problems
 from thinkflow.tracking import flatten, write_json
 from thinkflow.tracking.lightning import TrackerLogger
 
@@ -43,7 +43,7 @@ def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> dict:
         torch.set_num_threads(tc.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     task = cfg.task.build()
-    train, test = task.splits(pc.max_steps * pc.batch_size, cfg.task.n_test, seed=cfg.seed)
+    train, test = training_problems(cfg, task, pc.max_steps * pc.batch_size, ctx)
     if pc.init_from:
         model, tokenizer = load_checkpoint(pc.init_from)
     else:

@@ -33,7 +33,7 @@ from thinkflow.envs import EnvTask, transcripts_markdown
 from thinkflow.models import load_checkpoint, n_params
 from thinkflow.rl.learner import GRPOModule
 from thinkflow.rl.sync import InProcessPolicy, VLLMPolicy
-from thinkflow.stages import StageContext, config_key, stage_work_dir
+from thinkflow.stages import StageContext, config_key, stage_work_dir, training_problems
 from thinkflow.tracking import flatten, write_json
 
 
@@ -91,7 +91,7 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> dict:
     model.train()
     task = cfg.task.build()
     n_pool = rc.max_steps * rc.prompts_per_step * tc.world_size * (1 + rc.max_refill)
-    train, val = task.splits(min(n_pool, 50_000), cfg.task.n_test, seed=cfg.seed)
+    train, val = training_problems(cfg, task, min(n_pool, 50_000), ctx)
     _check_lengths(tokenizer, train[:1000] + val, model, rc.max_new_tokens)
     section = rl_section(cfg, init)
     work = stage_work_dir(cfg, "rl", section)

@@ -13,24 +13,33 @@ loaded through ``datasets``; its rows without a ``####`` answer are skipped and 
 from __future__ import annotations
 
 import hashlib
-import re
 from decimal import Decimal
 
+from thinkflow.tasks.answers import LENIENT, extract_with, hash_answer, split_thinking
 from thinkflow.tasks.base import Problem, Task, TaskError
 from thinkflow.tasks.data import load_rows, local_file
 
 FIELDS = ("question", "answer")
-
-_NUMBER = re.compile(r"-?[0-9][0-9,]*(?:\.[0-9]+)?", re.ASCII)
 
 
 class GSM8K(Task):
     name = "gsm8k"
     answer_delim = "####"
 
-    def __init__(self, source: str = "openai/gsm8k", config_name: str = "main") -> None:
+    chat_instruction = (
+        "Solve the problem step by step. On the last line write the final answer as '#### <number>' and nothing "
+        "after it."
+    )
+
+    def __init__(
+        self,
+        source: str = "openai/gsm8k",
+        config_name: str = "main",
+        thinking: tuple[str, str] = ("<think>", "</think>"),
+    ) -> None:
         self.source = source
         self.config_name = config_name
+        self.thinking = tuple(thinking)
         self.skipped_rows = 0
 
     def check(self) -> None:
@@ -76,8 +85,24 @@ class GSM8K(Task):
     def completion(self, problem: Problem) -> str:
         return f"{problem.trace}#### {problem.answer}"
 
+    def answer_part(self, text: str) -> str | None:
+        """The text after thinking (``thinking`` delimiters); None while a thinking block is unfinished."""
+        return split_thinking(text, *self.thinking)[1] if text else None
+
     def extract_answer(self, text: str) -> str | None:
-        return _number(self.answer_span(text))
+        """Strict, GSM8K's own format: the number after the last ``####``."""
+        part = self.answer_part(text)
+        return hash_answer(part) if part else None
+
+    def extract_lenient(self, text: str) -> str | None:
+        """``####``, else the last ``\\boxed{}`` number, else the last number: the lenient-minus-strict gap in
+        accuracy is where format failures (and format-gaming) show."""
+        part = self.answer_part(text)
+        return extract_with(LENIENT, part)[0] if part else None
+
+    def verify_lenient(self, text: str, problem: Problem) -> bool:
+        got = self.extract_lenient(text)
+        return got is not None and self.answers_equal(got, problem.answer)
 
     def answers_equal(self, got: str, want: str) -> bool:
         return Decimal(got) == Decimal(want)
@@ -85,12 +110,7 @@ class GSM8K(Task):
 
 def final_answer(solution: str) -> str | None:
     """The canonical number after the last ``####`` of a reference solution, or None."""
-    return _number(GSM8K().answer_span(solution))
-
-
-def _number(span: str | None) -> str | None:
-    m = _NUMBER.search(span.replace("$", "")) if span else None
-    return _canonical(m.group(0).replace(",", "")) if m else None
+    return hash_answer(solution)
 
 
 def _bad_record(record: dict) -> str | None:
@@ -103,14 +123,3 @@ def _bad_record(record: dict) -> str | None:
     if final_answer(record["answer"]) is None:
         return f"no number after '####' (got {record['answer'].rsplit('####', 1)[1].strip()!r:.80})"
     return None
-
-
-def _canonical(number: str) -> str | None:
-    """``-003.50`` -> ``-3.5`` by string surgery: exact for any length (Decimal would round)."""
-    sign = "-" if number.startswith("-") else ""
-    whole, _, frac = number.lstrip("-").partition(".")
-    whole, frac = whole.lstrip("0") or "0", frac.rstrip("0")
-    if not whole.isdigit() or (frac and not frac.isdigit()):
-        return None
-    text = f"{whole}.{frac}" if frac else whole
-    return "0" if text == "0" else sign + text

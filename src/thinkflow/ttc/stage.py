@@ -22,6 +22,7 @@ import pandas as pd
 
 from thinkflow.config import ConfigError, PipelineConfig
 from thinkflow.envs import EnvTask, transcripts_markdown
+from thinkflow.evaluation import breakdown, breakdown_markdown, breakdown_metrics
 from thinkflow.inference import open_engine
 from thinkflow.stages import StageContext, config_key, stage_work_dir
 from thinkflow.tracking import write_json
@@ -96,34 +97,41 @@ def _evaluate(cfg, ctx, task, train, problems, name, path, work):
             budgets = pd.concat([budgets, search], ignore_index=True)
     print(f"ttc_eval: {name}: {len(problems)} problems x {tc.n_max} samples in {gen_wall:.1f} s; {verifier_note}")
     t0 = time.perf_counter()
-    points, allocation = score_all(name, table, flop_model, gen_wall, tc)
+    levels = {p.id: p.meta["level"] for p in problems if "level" in p.meta}
+    points, allocation = score_all(name, table, flop_model, gen_wall, tc, levels or None)
     scoring_s = time.perf_counter() - t0
     table.to_csv(work / f"samples_{name}.csv", index=False)
     _log_checkpoint(ctx, name, table, points, budgets, allocation, work)
     if isinstance(task, EnvTask):
         _log_episodes(ctx, name, task, problems, table, work)
     summary = _summary(points, budgets, allocation, gen_wall, scoring_s)
+    summary["breakdown_md"] = _log_answers(ctx, name, table, problems, work)
     return points, budgets, table, summary
 
 
-def score_all(name: str, table: pd.DataFrame, flop_model: FlopModel, gen_wall: float, tc) -> tuple:
-    """Every curve and the compute-optimal allocation from one stored table (no generation)."""
+def score_all(
+    name: str, table: pd.DataFrame, flop_model: FlopModel, gen_wall: float, tc, levels: dict | None = None
+) -> tuple:
+    """Every curve and the compute-optimal allocation from one stored table (no generation). ``levels``
+    (problem id -> a benchmark's own difficulty level, e.g. MATH-500's 1-5) are the allocation's bins;
+    without them, bins are quantiles of the model's own pass rate."""
     curves = {s: v for s, v in per_problem(table, tc.ks, tc.vote_draws, tc.seed).items() if s in tc.strategies}
     compute = problem_compute(table, flop_model, gen_wall)
     points = curve_points(name, curves, compute, tc.ks, tc.n_max, tc.bootstrap, tc.seed)
-    return points, _allocation(curves, compute, tc.ks, table, tc.difficulty_bins)
+    return points, _allocation(curves, compute, tc.ks, table, tc.difficulty_bins, levels)
 
 
-def _allocation(curves, compute, ks, table, bins):
+def _allocation(curves, compute, ks, table, bins, levels=None):
     flops = {
         s: np.stack([compute["prompt_flops"].to_numpy() + k * (compute["sample_flops"].to_numpy()
                      + (compute["verify_flops"].to_numpy() if s in VERIFIER_SCORED else 0)) for k in ks], axis=1)
         for s in curves
     }  # fmt: skip
-    rate = table.groupby("problem_id", sort=False)["correct"].mean().to_numpy()
+    rate = table.groupby("problem_id", sort=False)["correct"].mean()
     base = next(s for s in ("bon", "bon_logprob", "weighted_maj", "weighted_maj_logprob", "maj") if s in curves)
     budgets = sorted({float(flops[base][:, j].mean()) for j in range(len(ks))})
-    result = compute_optimal(curves, flops, ks, difficulty_bins(rate, bins), budgets, baseline=base)
+    by = np.array([levels[i] for i in rate.index]) - 1 if levels else difficulty_bins(rate.to_numpy(), bins)
+    result = compute_optimal(curves, flops, ks, by, budgets, baseline=base)
     best, at = result["baseline_accuracy"].max(), budgets[-1]
     return {"table": result, "baseline": base, "saving": compute_saving(result, best, at)}
 
@@ -145,6 +153,25 @@ def _log_checkpoint(ctx, name, table, points, budgets, allocation, work: Path) -
     for _, r in budgets.iterrows():
         tracker.log_metrics(run_id, {f"ttc/{name}/{r.strategy}_acc": r.accuracy}, step=int(r.knob))
     allocation["table"].to_csv(work / f"allocation_{name}.csv", index=False)
+
+
+def _log_answers(ctx, name: str, table: pd.DataFrame, problems, work: Path) -> str:
+    """Benchmarks: pass@1 by level and subject (``ttc/<ckpt>/level_3/pass_at_1``), the lenient-minus-strict
+    answer gap, thinking vs answer tokens; returns the breakdown as markdown for the summary."""
+    metrics = {}
+    if "correct_lenient" in table.columns:
+        metrics[f"ttc/{name}/lenient_minus_strict"] = float(table["correct_lenient"].mean() - table["correct"].mean())
+    if "thinking_tokens" in table.columns:
+        metrics[f"ttc/{name}/thinking_tokens"] = float(table["thinking_tokens"].mean())
+        metrics[f"ttc/{name}/answer_tokens"] = float(table["answer_tokens"].mean())
+    frame = breakdown(table, problems)
+    metrics |= breakdown_metrics(frame, f"ttc/{name}", "pass_at_1")
+    if metrics:
+        ctx.tracker.log_metrics(ctx.run_id, metrics)
+    if frame.empty:
+        return ""
+    frame.to_csv(work / f"breakdown_{name}.csv", index=False)
+    return "\n".join(breakdown_markdown(frame, f"{name}: pass@1"))
 
 
 def _log_episodes(ctx, name: str, task, problems, table: pd.DataFrame, work: Path) -> None:
@@ -233,6 +260,7 @@ def summary_markdown(points: pd.DataFrame, budgets: pd.DataFrame, summaries: dic
         lines.append(f"| {r.checkpoint} | {r.strategy} | {r.knob} | {r.thinking_tokens:.1f} | "
                      f"{r.accuracy:.3f} [{r.ci_low:.2f}, {r.ci_high:.2f}] |")  # fmt: skip
     lines.append("")
+    lines += [s["breakdown_md"] + "\n" for s in summaries.values() if s.get("breakdown_md")]
     for ckpt, s in summaries.items():
         saving = f"{s['compute_saving']:.2f}x less compute" if s["compute_saving"] else "never"
         k = s["maj_k"]

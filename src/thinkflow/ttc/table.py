@@ -9,6 +9,7 @@ import pandas as pd
 from thinkflow.envs import sample_verdict, with_env
 from thinkflow.inference import Sample, SamplingParams
 from thinkflow.tasks import Problem, Task
+from thinkflow.tasks.answers import split_thinking
 
 
 def sample_table(
@@ -41,9 +42,24 @@ def sample_rows(task: Task, problems: list[Problem], groups: list[list[Sample]])
                     "correct": bool(answer is not None and correct), "reward": reward,
                     "logprob_sum": lp, "logprob_mean": lp / max(1, s.gen_tokens),
                     "logprob_min": min(s.logprobs, default=0.0),
-                } | (_episode_columns(s) if s.env is not None else {})
+                } | (_episode_columns(s) if s.env is not None else {}) | _answer_columns(task, problem, s)
             )  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _answer_columns(task: Task, problem: Problem, s: Sample) -> dict:
+    """Benchmarks with thinking delimiters: thinking and answer tokens apart (the thinking share of the
+    generated tokens by characters: exact for a character-level tokenizer, an estimate otherwise); GSM8K's
+    lenient verdict (boxed or last number when ``####`` is missing) beside the strict one."""
+    out = {}
+    if getattr(task, "thinking", None):
+        thinking, answer = split_thinking(s.text, *task.thinking)
+        share = len(thinking) / max(1, len(s.text))
+        out["thinking_tokens"] = s.gen_tokens * share
+        out["answer_tokens"] = s.gen_tokens - out["thinking_tokens"]
+    if hasattr(task, "verify_lenient"):
+        out["correct_lenient"] = bool(task.verify_lenient(s.text, problem))
+    return out
 
 
 def _episode_columns(s: Sample) -> dict:
