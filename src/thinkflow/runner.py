@@ -64,6 +64,7 @@ def start_pipeline_run(config: dict, flow_run_id: str | None, tags: dict[str, st
     check_server(resolve_uri(cfg.tracking.uri, cfg.paths.root))
     tracker = open_tracker(cfg)
     tracker.apply_pending()  # runs left open by an earlier run whose tracking server went down
+    tracker.fail_orphaned_runs()  # runs left RUNNING by a pipeline process that died (kill -9) on this host
     tags = {FLOW_RUN_TAG: flow_run_id or "", "pipeline.stages": ",".join(enabled_stages(cfg))} | (tags or {})
     run_id = tracker.start_run(cfg.run_name or "pipeline", tags)
     tracker.log_params(run_id, flatten(config))

@@ -8,6 +8,7 @@ in worker threads and must not depend on thread-local MLflow state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -20,10 +21,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from thinkflow import shutdown
+from thinkflow import liveness, shutdown
 
 STAGE_TAG = "stage"
 FLOW_RUN_TAG = "prefect.flow_run_id"
+PROCESS_TAG = "thinkflow.process."  # + host, pid, pid_ns, started: the process running the run (liveness)
+GONE_TAG = "thinkflow.failed_because"
 MAX_PARAM_VALUE = 6000
 
 
@@ -118,6 +121,16 @@ def defer_run_status(root: str | Path, uri: str, run_id: str, status: str) -> No
     print(f"tracking: {uri} is down; run {run_id} will be marked {status} when a pipeline next starts")
 
 
+def _sqlite_lock(uri: str):
+    """An flock beside a local SQLite store: two processes creating a fresh store at once race through MLflow's
+    schema migrations ('duplicate column name'). A no-op for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    return FileLock(uri.removeprefix("sqlite:///") + ".lock")
+
+
 class Tracker:
     """Creates and closes the pipeline's runs; every method takes run ids explicitly."""
 
@@ -126,15 +139,18 @@ class Tracker:
         if is_server(uri):
             for key, value in HTTP_DEFAULTS.items():
                 os.environ.setdefault(key, value)
-        self.client = MlflowClient(tracking_uri=uri)
         try:
-            self.experiment_id = ensure_experiment(self.client, experiment, artifact_root(uri, root))
+            with _sqlite_lock(uri):  # creating the store and the experiment: once, even for two pipelines at once
+                self.client = MlflowClient(tracking_uri=uri)
+                self.experiment_id = ensure_experiment(self.client, experiment, artifact_root(uri, root))
         except Exception as err:
             self._raise_if_down(err, "opening the experiment")
             raise
 
     def start_run(self, name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
-        tags = {MLFLOW_RUN_NAME: name, **tags}
+        """A new run, tagged with the process running it (``fail_orphaned_runs`` ends it if that process dies)."""
+        process = {PROCESS_TAG + k: v for k, v in liveness.this_process().items()}
+        tags = {MLFLOW_RUN_NAME: name, **process, **tags}
         if parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         return self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
@@ -202,6 +218,33 @@ class Tracker:
         else:
             path.unlink()
         return done
+
+    def fail_orphaned_runs(self) -> list[str]:
+        """End FAILED the experiment's RUNNING runs whose process, on this host, is gone (``kill -9``, OOM
+        killer, power loss); runs of other hosts are left alone. Returns their run ids."""
+        host = liveness.this_process()["host"].replace("'", "")
+        running = self.client.search_runs(
+            [self.experiment_id], f"attributes.status = 'RUNNING' and tags.`{PROCESS_TAG}host` = '{host}'"
+        )
+        by_process: dict[tuple, list] = {}
+        for run in running:
+            owner = {k[len(PROCESS_TAG) :]: v for k, v in run.data.tags.items() if k.startswith(PROCESS_TAG)}
+            by_process.setdefault(tuple(sorted(owner.items())), []).append(run.info.run_id)
+        failed = []
+        for key, run_ids in by_process.items():
+            owner = dict(key)
+            if not liveness.is_gone(owner):
+                continue
+            why = (f"the process running it (pid {owner['pid']} on {owner['host']}) ended without closing it "
+                   "(killed with SIGKILL, out of memory, or the machine went down); marked FAILED when the next "
+                   "pipeline started")  # fmt: skip
+            for run_id in run_ids:
+                self.client.set_tag(run_id, GONE_TAG, why)
+                self.client.set_terminated(run_id, status="FAILED")
+            failed += run_ids
+            print(f"tracking: marked {len(run_ids)} run{'s' * (len(run_ids) > 1)} of a process that is gone "
+                  f"(pid {owner['pid']} on {owner['host']}) FAILED: {', '.join(run_ids)}")  # fmt: skip
+        return failed
 
     def _raise_if_down(self, err: BaseException, during: str) -> None:
         reason = server_problem(self.uri)
