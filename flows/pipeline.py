@@ -31,8 +31,8 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
-from thinkflow import shutdown  # noqa: E402
-from thinkflow.caching import identity_key, result_files_exist, stage_identity  # noqa: E402
+from thinkflow import liveness, shutdown  # noqa: E402
+from thinkflow.caching import identity_key, result_files_exist, stage_identity, stage_lock  # noqa: E402
 from thinkflow.config import ConfigError, drop_removed_stages, preflight, validate  # noqa: E402
 from thinkflow.runner import (  # noqa: E402
     STAGES,
@@ -74,6 +74,7 @@ def pipeline(config: dict, tags: dict[str, str] | None = None) -> dict:
     """Run every configured stage in order; returns each stage's result (paths, run ids).
     ``tags`` go on the MLflow parent run (a Hydra sweep's ``sweep_id``, job number, overrides)."""
     t0 = time.perf_counter()
+    _guard_temporary_prefect_server()
     preflight(config)  # the config and the task's data, before the MLflow parent run (deployments start here)
     parent = start_pipeline_run(config, flow_run.get_id(), tags)
     setup = time.perf_counter() - t0  # config checks, tracking store and the parent run
@@ -130,18 +131,20 @@ def scheduled_pipeline(config_name: str = "pipeline", overrides: list[str] | Non
 def _run_or_reuse(name: str, config: dict, parent: str, results: dict, cache, reused: set[str],
                   running: list) -> dict:  # fmt: skip
     """Run the stage's task; when Prefect serves it from the cache, record the reuse in MLflow
-    (or recompute, if the files the cached result points to are gone)."""
+    (or recompute, if the files the cached result points to are gone). Under the stage's lock: a pipeline
+    reaching a stage another one is running waits, then submits and finds its result in the cache."""
     identity = stage_identity(name, config, results)
     refresh = not cache.enabled or name in cache.refresh
     stage_task = STAGE_TASKS[name].with_options(refresh_cache=True) if refresh else STAGE_TASKS[name]
-    result, state = _result(stage_task.submit(config, parent, dict(results), identity), running)
-    if state == "Cached":
-        if not result_files_exist(result):
-            print(f"{name}: the cached result's files are gone; recomputing")
-            stage_task = STAGE_TASKS[name].with_options(refresh_cache=True)
-            return _result(stage_task.submit(config, parent, dict(results), identity), running)[0]
-        record_reuse(name, config, parent, result, flow_run.get_id())
-        reused.add(name)
+    with stage_lock(name, identity, config["paths"]["work_dir"]):
+        result, state = _result(stage_task.submit(config, parent, dict(results), identity), running)
+        if state == "Cached":
+            if not result_files_exist(result):
+                print(f"{name}: the cached result's files are gone; recomputing")
+                stage_task = STAGE_TASKS[name].with_options(refresh_cache=True)
+                return _result(stage_task.submit(config, parent, dict(results), identity), running)[0]
+            record_reuse(name, config, parent, result, flow_run.get_id())
+            reused.add(name)
     return result
 
 
@@ -214,6 +217,19 @@ def main(cfg: DictConfig) -> dict:
             _stop_temporary_prefect_server()  # its atexit hook would not run
             shutdown.exit_by_signal(signal.SIGINT if isinstance(err, KeyboardInterrupt) else signal.SIGTERM)
         raise
+
+
+_WATCHDOGS: dict = {}  # temporary Prefect server pid -> the watchdog process that stops it if this process dies
+
+
+def _guard_temporary_prefect_server() -> None:
+    """A watchdog stops the temporary Prefect server once this process is gone, even after a kill -9 (which runs
+    no atexit hook; reparented to init, the server would run on). Once per server; a no-op with PREFECT_API_URL."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    process = SubprocessASGIServer().server_process  # the one Prefect's client started for this flow run
+    if process is not None and process.poll() is None and process.pid not in _WATCHDOGS:
+        _WATCHDOGS[process.pid] = liveness.guard_child(process.pid)
 
 
 def _stop_temporary_prefect_server() -> None:

@@ -5,7 +5,8 @@ sections, the upstream results it consumed (their identities and the runs that p
 where results live (work dir, tracking store) and the thinkflow code itself. The flow passes this
 identity to each stage's Prefect task as the task's only cached input (cache policy: that input
 plus the task's source; results persisted), so a sweep over evaluation settings reuses the
-training stages and Prefect shows them as ``Cached``.
+training stages and Prefect shows them as ``Cached``. Two pipelines that reach the same stage at
+once take turns (``stage_lock``): the second waits, then reuses the first's result.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 STAGE_INPUTS = {
@@ -60,3 +63,42 @@ def identity_key(identity: dict) -> str:
 def result_files_exist(result: dict) -> bool:
     """A reused result is only good while the files it points to are still there."""
     return all(Path(result[k]).exists() for k in ("checkpoint", "table") if result.get(k))
+
+
+@contextmanager
+def stage_lock(name: str, identity: dict, work_dir: str | Path) -> Iterator[Path]:
+    """Held while a stage with this identity runs (and is looked up in the cache), so that two pipelines sharing
+    a work dir never compute the same result side by side: the second waits, then finds the first's result. An
+    ``flock``: the kernel releases it when its holder dies, so a killed pipeline's lock is taken over. Yields
+    the lock file's path. Keyed on the identity without the code version: stage work dirs are keyed on config
+    alone, so pipelines running different code must take turns too (the second then recomputes, not reuses).
+    A stop (SIGTERM, Ctrl-C) keeps it until ``shutdown.stop`` has let the stage save its checkpoint."""
+    from filelock import FileLock, Timeout
+
+    from thinkflow import liveness, shutdown
+
+    key = identity_key({k: v for k, v in identity.items() if k != "code"})
+    path = Path(work_dir).resolve() / "locks" / f"{name}-{key[:16]}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    owner = path.with_suffix(".owner.json")  # who holds it, for the waiting message (the lock file stays empty)
+    lock = FileLock(path)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        try:
+            pid = json.loads(owner.read_text())["pid"]
+        except (OSError, ValueError, KeyError):
+            pid = "?"
+        print(f"{name}: waiting for another pipeline (pid {pid}) running the same stage; lock {path}", flush=True)
+        lock.acquire(poll_interval=0.2)  # a Python loop: SIGTERM and Ctrl-C still stop the pipeline meanwhile
+    try:
+        owner.write_text(json.dumps(liveness.this_process()))
+        yield path
+    except BaseException as err:
+        if not shutdown.is_stop_signal(err):
+            lock.release()
+            raise
+        # stopped: the stage's thread is still saving its checkpoint; release once ``shutdown.stop`` has waited
+        hook = shutdown.register(f"{name} lock", last=lambda: (lock.release(), shutdown.unregister(hook)))
+        raise
+    lock.release()

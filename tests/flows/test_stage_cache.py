@@ -1,11 +1,17 @@
 """Stage reuse across pipeline runs: Prefect caches each stage on its identity (config sections,
 upstream results, code), MLflow records the reuse, and ``cache.refresh`` recomputes."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import compose
+from tests.conftest import ROOT, compose
 from thinkflow.caching import REUSED_TAG, stage_identity
 
 
@@ -79,3 +85,60 @@ def test_identity_covers_config_upstream_and_location(tmp_path, monkeypatch):
     in_a = stage_identity("rl", relative, up)
     monkeypatch.chdir(tmp_path / "b")
     assert stage_identity("rl", relative, up) != in_a
+
+
+LOCK_USER = """
+import sys, time
+from thinkflow.caching import stage_lock
+with stage_lock("pretrain", {"stage": "pretrain", "config": {"seed": 1}}, sys.argv[1]) as path:
+    print("holding", path, time.time(), flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_second_pipeline_waits_for_the_stage_lock_and_takes_it_over_when_its_holder_is_killed(tmp_path):
+    env = os.environ | {"PYTHONPATH": str(ROOT / "src")}
+
+    def start(hold_s: float) -> subprocess.Popen:
+        cmd = [sys.executable, "-c", LOCK_USER, str(tmp_path / "work"), str(hold_s)]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    holder = start(120)
+    assert holder.stdout.readline().startswith("holding")
+    waiter = start(0)
+    try:
+        line = waiter.stdout.readline()  # printed at once, while it waits
+        lock = next((tmp_path / "work" / "locks").glob("pretrain-*.lock"))
+        expected = f"pretrain: waiting for another pipeline (pid {holder.pid}) running the same stage; lock {lock}"
+        assert line.strip() == expected
+        time.sleep(1.5)
+        assert waiter.poll() is None  # still waiting
+        killed_at = time.time()
+        holder.send_signal(signal.SIGKILL)  # no cleanup: the kernel drops its flock
+        out, _ = waiter.communicate(timeout=30)
+        assert waiter.returncode == 0, out
+        took_over_at = float(out.split()[-1])
+        assert took_over_at - killed_at < 5
+    finally:
+        for proc in (holder, waiter):
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_a_stopped_stage_keeps_its_lock_until_the_stop_has_waited_for_it(tmp_path):
+    from filelock import FileLock, Timeout
+
+    from thinkflow import shutdown
+    from thinkflow.caching import stage_lock
+
+    identity = {"stage": "rl", "config": {"seed": 1}}
+    try:
+        with stage_lock("rl", identity, tmp_path) as path:
+            raise KeyboardInterrupt  # Ctrl-C while the stage's thread still saves its checkpoint
+    except KeyboardInterrupt:
+        pass
+    with pytest.raises(Timeout):
+        FileLock(path).acquire(blocking=False)  # a twin pipeline must not resume from a half-written checkpoint
+    shutdown.stop(grace_s=0, running=lambda: False)
+    shutdown.reset()
+    FileLock(path).acquire(blocking=False)  # released once the stop has waited
