@@ -102,6 +102,7 @@ def test_ttc_eval_on_math500_reports_by_level_and_allocates_over_levels(tmp_path
     assert levels == {f"ttc/init/level_{lv}/pass_at_1" for lv in range(1, 6)}  # 10 problems, stratified: 1 2 2 2 3
     assert any(k.startswith("ttc/init/subject_") for k in metrics)
     assert "ttc/init/thinking_tokens" in metrics and "ttc/init/answer_tokens" in metrics
+    assert metrics["ttc/init/answer_checks/timeouts"] == 0 and "ttc/init/answer_checks/screened" in metrics
     allocation = pd.read_csv(client.download_artifacts(result["run_id"], "ttc/allocation_init.csv", str(tmp_path)))
     assert (allocation.choice_by_bin.str.split().str.len() == 5).all()  # one choice per level
     assert "| group | value | problems | init: pass@1 |" in result["summary_md"]

@@ -106,6 +106,7 @@ def _evaluate(cfg, ctx, task, train, problems, name, path, work):
         _log_episodes(ctx, name, task, problems, table, work)
     summary = _summary(points, budgets, allocation, gen_wall, scoring_s)
     summary["breakdown_md"] = _log_answers(ctx, name, table, problems, work)
+    _log_answer_checks(ctx, name, task)
     return points, budgets, table, summary
 
 
@@ -172,6 +173,15 @@ def _log_answers(ctx, name: str, table: pd.DataFrame, problems, work: Path) -> s
         return ""
     frame.to_csv(work / f"breakdown_{name}.csv", index=False)
     return "\n".join(breakdown_markdown(frame, f"{name}: pass@1"))
+
+
+def _log_answer_checks(ctx, name: str, task) -> None:
+    """Benchmarks checked by math-verify (MATH-500): checks made, answers screened out as hostile and checks
+    that hit their time bound (both counted wrong), so far in this process (the checker is the task's)."""
+    checker = getattr(task, "_checker", None)
+    if checker is not None:
+        stats = {f"ttc/{name}/answer_checks/{k}": float(v) for k, v in checker.stats.items()}
+        ctx.tracker.log_metrics(ctx.run_id, stats)
 
 
 def _log_episodes(ctx, name: str, task, problems, table: pd.DataFrame, work: Path) -> None:
