@@ -154,6 +154,11 @@ class MATH500(Task):
         got = self.extract_answer(text)  # re-boxed: the checker reads the last \boxed{} of what it is given
         return got is not None and self.checker.check("\\boxed{" + got + "}", problem.answer).correct
 
+    def check_stats(self) -> dict[str, int]:
+        """Checks made by this task's checker so far: checks, cache hits, hostile answers screened out, timeouts."""
+        zeros = {"checks": 0, "cache_hits": 0, "screened": 0, "timeouts": 0}
+        return dict(self._checker.stats) if self._checker is not None else zeros
+
     @property
     def checker(self) -> MathChecker:
         if self._checker is None:

@@ -178,9 +178,8 @@ def _log_answers(ctx, name: str, table: pd.DataFrame, problems, work: Path) -> s
 def _log_answer_checks(ctx, name: str, task) -> None:
     """Benchmarks checked by math-verify (MATH-500): checks made, answers screened out as hostile and checks
     that hit their time bound (both counted wrong), so far in this process (the checker is the task's)."""
-    checker = getattr(task, "_checker", None)
-    if checker is not None:
-        stats = {f"ttc/{name}/answer_checks/{k}": float(v) for k, v in checker.stats.items()}
+    if hasattr(task, "check_stats"):
+        stats = {f"ttc/{name}/answer_checks/{k}": float(v) for k, v in task.check_stats().items()}
         ctx.tracker.log_metrics(ctx.run_id, stats)
 
 
