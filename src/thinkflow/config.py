@@ -4,6 +4,12 @@ Hydra composes ``conf/``; the result is resolved to a plain dict and validated h
 compute. Unknown keys, wrong types and impossible values stop the run with a message that
 names the key (``model.n_heads: ...``); ``preflight`` also checks the task's data. Stage code
 receives these typed sections.
+
+The YAML under ``conf/`` holds every value; these models only type and bound them, so their fields
+have no defaults and a key missing from the composed config is an error, not a silent second
+default (tests/test_config.py fails if a key set in YAML gets one). The one exception is
+``ContestantConfig``: the entries of ``compare.contestants`` are declared per run, and the fields an
+entry leaves out take the defaults written here.
 """
 
 from __future__ import annotations
@@ -26,41 +32,41 @@ class _Strict(BaseModel):
 class SandboxConfig(_Strict):
     """Limits on every program the code environment runs (envs.sandbox)."""
 
-    cpu_s: float = Field(2.0, gt=0)
-    wall_s: float = Field(5.0, gt=0)
-    memory_mb: int = Field(512, ge=32)
-    file_mb: float = Field(1.0, gt=0)
+    cpu_s: float = Field(gt=0)
+    wall_s: float = Field(gt=0)
+    memory_mb: int = Field(ge=32)
+    file_mb: float = Field(gt=0)
     # os: namespaces, a new root, no capabilities, seccomp (refuses to run where the machine cannot);
     # hook: resource limits and the in-process audit hook only, an explicit opt-in logged on the run
-    isolation: Literal["os", "hook"] = "os"
+    isolation: Literal["os", "hook"]
 
 
 class EnvConfig(_Strict):
     """Environment tasks (calc, code): the episode's rules."""
 
-    tools: bool = True  # calc: the calculator is there (false: the same problems answered directly)
-    terms: int = Field(1, ge=1, le=4)  # calc: products summed per problem
-    max_turns: int | None = Field(None, ge=1)  # null: the task's default (calc 8, code 1)
-    sandbox: SandboxConfig = SandboxConfig()
+    tools: bool  # calc: the calculator is there (false: the same problems answered directly)
+    terms: int = Field(ge=1, le=4)  # calc: products summed per problem
+    max_turns: int | None = Field(ge=1)  # null: the task's default (calc 8, code 1)
+    sandbox: SandboxConfig  # code
 
 
 class DecontaminationConfig(_Strict):
     """Training problems checked against the held-out problems before a training stage uses them."""
 
-    n: int = Field(13, ge=1)  # n-gram length for text; problems shorter than n tokens: exact match
-    action: Literal["off", "report", "drop", "fail"] = "drop"
+    n: int = Field(ge=1)  # n-gram length for text; problems shorter than n tokens: exact match
+    action: Literal["off", "report", "drop", "fail"]
 
 
 class TaskConfig(_Strict):
     name: str
-    difficulty: int = Field(3, ge=1)
-    source: str | None = None  # GSM8K, MATH-500: hub id or local directory/JSONL
-    n_test: int = Field(256, ge=1)
-    env: EnvConfig = EnvConfig()
-    shots: int = Field(4, ge=0, le=4)  # math500: Minerva worked examples in the task's own prompt
-    thinking: tuple[str, str] = ("<think>", "</think>")  # math500: the answer is read after the closing one
-    check_timeout_s: float = Field(2.0, gt=0)  # math500: bound on one math-verify answer check
-    decontaminate: DecontaminationConfig = DecontaminationConfig()
+    difficulty: int = Field(ge=1)
+    source: str | None  # GSM8K, MATH-500: hub id or local directory/JSONL
+    n_test: int = Field(ge=1)
+    env: EnvConfig  # environment tasks (calc, code)
+    shots: int = Field(ge=0, le=4)  # math500: Minerva worked examples in the task's own prompt
+    thinking: tuple[str, str]  # GSM8K, MATH-500: the answer is read after the closing delimiter
+    check_timeout_s: float = Field(gt=0)  # math500: bound on one math-verify answer check
+    decontaminate: DecontaminationConfig
 
     def build(self):
         """The task this config names (``tasks.build_task``)."""
@@ -79,15 +85,15 @@ class TaskConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = "tiny"
+    name: str
     n_layers: int = Field(ge=1)
     d_model: int = Field(ge=8)
     n_heads: int = Field(ge=1)
     n_kv_heads: int = Field(ge=1)
     d_ff: int = Field(ge=1)
     max_seq_len: int = Field(ge=8)
-    rope_theta: float = Field(10000.0, gt=0)
-    tie_embeddings: bool = True
+    rope_theta: float = Field(gt=0)
+    tie_embeddings: bool
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:
@@ -104,16 +110,16 @@ class PretrainConfig(_Strict):
     max_steps: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    min_lr_ratio: float = Field(ge=0, le=1)
     warmup_steps: int = Field(ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.98)
-    grad_clip: float = Field(1.0, ge=0)
+    weight_decay: float = Field(ge=0)
+    betas: tuple[float, float]
+    grad_clip: float = Field(ge=0)
     eval_every: int = Field(ge=1)
     eval_max_new_tokens: int = Field(ge=1)
     ckpt_every: int = Field(ge=1)
-    log_every: int = Field(10, ge=1)
-    init_from: str | None = None  # an HF checkpoint directory to start from instead of scratch
+    log_every: int = Field(ge=1)
+    init_from: str | None  # an HF checkpoint directory to start from instead of scratch
 
     @model_validator(mode="after")
     def _schedule(self) -> PretrainConfig:
@@ -123,9 +129,9 @@ class PretrainConfig(_Strict):
 
 
 class DeepSpeedConfig(_Strict):
-    stage: Literal[2, 3] = 2
-    offload_optimizer: bool = False  # optimizer state in host RAM (ZeRO-Offload)
-    offload_params: bool = False  # ZeRO-3 only: parameters in host RAM too
+    stage: Literal[2, 3]
+    offload_optimizer: bool  # optimizer state in host RAM (ZeRO-Offload)
+    offload_params: bool  # ZeRO-3 only: parameters in host RAM too
 
     @model_validator(mode="after")
     def _offload(self) -> DeepSpeedConfig:
@@ -135,23 +141,23 @@ class DeepSpeedConfig(_Strict):
 
 
 class TrainerConfig(_Strict):
-    accelerator: Literal["cpu", "gpu", "cuda", "auto"] = "cpu"
-    devices: int = Field(1, ge=1)  # processes per node (GPUs, or CPU processes on gloo)
-    num_nodes: int = Field(1, ge=1)
-    strategy: Literal["auto", "ddp", "deepspeed"] = "auto"
-    deepspeed: DeepSpeedConfig | None = None  # used when strategy=deepspeed
-    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
-    num_threads: int | None = Field(None, ge=1)  # torch threads per process; null = cores / devices
-    progress_bar: bool = True
+    accelerator: Literal["cpu", "gpu", "cuda", "auto"]
+    devices: int = Field(ge=1)  # processes per node (GPUs, or CPU processes on gloo)
+    num_nodes: int = Field(ge=1)
+    strategy: Literal["auto", "ddp", "deepspeed"]
+    deepspeed: DeepSpeedConfig | None  # used when strategy=deepspeed
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"]
+    num_threads: int | None = Field(ge=1)  # torch threads per process; null = cores / devices
+    progress_bar: bool
     # How the flow starts a multi-process stage: torchrun (this node only), or DeepSpeed's launcher,
     # which starts `devices` processes on each of the first `num_nodes` hosts of `hostfile`
     # ("host slots=N" lines) through `multinode_runner` (pdsh over passwordless ssh, MPI or SLURM's srun).
-    launcher: Literal["torchrun", "deepspeed"] = "torchrun"
-    hostfile: str | None = None
-    multinode_runner: Literal["pdsh", "openmpi", "mpich", "impi", "mvapich", "slurm"] = "pdsh"
-    master_addr: str | None = None  # rank 0's host as the other nodes reach it; null = the hostfile's first host
-    master_port: int | None = Field(None, ge=1, le=65535)  # null = a free port on this node
-    ssh_port: int | None = Field(None, ge=1, le=65535)  # pdsh: sshd port on the hosts, when not 22
+    launcher: Literal["torchrun", "deepspeed"]
+    hostfile: str | None
+    multinode_runner: Literal["pdsh", "openmpi", "mpich", "impi", "mvapich", "slurm"]
+    master_addr: str | None  # rank 0's host as the other nodes reach it; null = the hostfile's first host
+    master_port: int | None = Field(ge=1, le=65535)  # null = a free port on this node
+    ssh_port: int | None = Field(ge=1, le=65535)  # pdsh: sshd port on the hosts, when not 22
 
     @property
     def world_size(self) -> int:
@@ -172,34 +178,34 @@ class TrainerConfig(_Strict):
 
 
 class RewardSection(_Strict):
-    correct_weight: float = 1.0
-    format_weight: float = 0.0
+    correct_weight: float
+    format_weight: float
 
 
 class GuardConfig(_Strict):
-    window: int = Field(10, ge=1)  # RL steps averaged before comparing with the start
-    reward_collapse_ratio: float = Field(0.25, ge=0, le=1)  # reward below this share of its start
-    min_response_len: float = Field(2.0, ge=0)  # mean completion tokens below this = length collapse
-    stop_on_collapse: bool = False  # collapse is always logged; stop the stage only if asked
+    window: int = Field(ge=1)  # RL steps averaged before comparing with the start
+    reward_collapse_ratio: float = Field(ge=0, le=1)  # reward below this share of its start
+    min_response_len: float = Field(ge=0)  # mean completion tokens below this = length collapse
+    stop_on_collapse: bool  # collapse is always logged; stop the stage only if asked
 
 
 class SlowLinkConfig(_Strict):
     """A simulated weak interconnect between learner and actors: each transfer (weights down,
     experience up) waits latency + bytes / bandwidth."""
 
-    latency_s: float = Field(0.0, ge=0)
-    bandwidth_mb_s: float | None = Field(None, gt=0)  # null = unlimited
+    latency_s: float = Field(ge=0)
+    bandwidth_mb_s: float | None = Field(gt=0)  # null = unlimited
 
 
 class ActorsConfig(_Strict):
     """``rl.mode=async``: rollout actors on Ray feeding a learner (see ``thinkflow.rl.actors``)."""
 
-    num_actors: int = 2
-    max_staleness: int = 2  # drop batches generated more than this many policy versions ago
-    is_cap: float = Field(2.0, gt=0)  # truncated importance weight cap (pi_learner / pi_behaviour)
-    address: str | None = None  # null = a local Ray on this machine; "auto" or "ray://host:10001" = a cluster
-    threads: int = Field(1, ge=1)  # torch threads per actor
-    link: SlowLinkConfig = SlowLinkConfig()
+    num_actors: int
+    max_staleness: int  # drop batches generated more than this many policy versions ago
+    is_cap: float = Field(gt=0)  # truncated importance weight cap (pi_learner / pi_behaviour)
+    address: str | None  # null = a local Ray on this machine; "auto" or "ray://host:10001" = a cluster
+    threads: int = Field(ge=1)  # torch threads per actor
+    link: SlowLinkConfig
 
     @model_validator(mode="after")
     def _ranges(self) -> ActorsConfig:
@@ -211,34 +217,34 @@ class ActorsConfig(_Strict):
 
 
 class RLConfig(_Strict):
-    mode: Literal["sync", "async"] = "sync"  # async: Ray rollout actors with a slightly stale policy
-    actors: ActorsConfig = ActorsConfig()
-    objective: Literal["grpo", "dr_grpo", "dapo"] = "grpo"
+    mode: Literal["sync", "async"]  # async: Ray rollout actors with a slightly stale policy
+    actors: ActorsConfig
+    objective: Literal["grpo", "dr_grpo", "dapo"]
     max_steps: int = Field(ge=1)  # RL steps (one batch of rollouts each)
     prompts_per_step: int = Field(ge=1)  # per process
     group_size: int = Field(ge=2)  # G samples per prompt
-    ppo_epochs: int = Field(1, ge=1)  # optimisation passes over each batch of rollouts
-    minibatches: int = Field(1, ge=1)  # optimizer steps per pass
+    ppo_epochs: int = Field(ge=1)  # optimisation passes over each batch of rollouts
+    minibatches: int = Field(ge=1)  # optimizer steps per pass
     lr: float = Field(gt=0)
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.99)
-    grad_clip: float = Field(1.0, ge=0)
-    clip_low: float = Field(0.2, ge=0)
-    clip_high: float = Field(0.2, ge=0)
-    beta: float = Field(0.0, ge=0)  # k3 KL to the initial policy; 0 loads no reference model
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    warmup_steps: int = Field(ge=0)
+    weight_decay: float = Field(ge=0)
+    betas: tuple[float, float]
+    grad_clip: float = Field(ge=0)
+    clip_low: float = Field(ge=0)
+    clip_high: float = Field(ge=0)
+    beta: float = Field(ge=0)  # k3 KL to the initial policy; 0 loads no reference model
+    temperature: float = Field(gt=0)
+    top_p: float = Field(gt=0, le=1)
     max_new_tokens: int = Field(ge=1)
-    max_refill: int = Field(2, ge=0)  # dapo: extra sampling rounds to replace zero-variance groups
-    reward: RewardSection = RewardSection()
-    backend: Literal["hf", "vllm"] = "hf"
+    max_refill: int = Field(ge=0)  # dapo: extra sampling rounds to replace zero-variance groups
+    reward: RewardSection
+    backend: Literal["hf", "vllm"]
     eval_every: int = Field(ge=1)
-    eval_samples: int = Field(4, ge=1)  # temperature-1 samples per held-out problem for pass@1
-    log_every: int = Field(1, ge=1)
+    eval_samples: int = Field(ge=1)  # temperature-1 samples per held-out problem for pass@1
+    log_every: int = Field(ge=1)
     ckpt_every: int = Field(ge=1)
-    guards: GuardConfig = GuardConfig()
-    init_from: str | None = None  # HF checkpoint; default: the pretrain stage's checkpoint
+    guards: GuardConfig
+    init_from: str | None  # HF checkpoint; null: the pretrain stage's checkpoint
 
     @model_validator(mode="after")
     def _schedule(self) -> RLConfig:
@@ -255,38 +261,36 @@ class RLConfig(_Strict):
 
 
 class VerifierConfig(_Strict):
-    train_problems: int = Field(256, ge=8)  # training problems whose samples teach the verifier
-    samples: int = Field(8, ge=1)
+    train_problems: int = Field(ge=8)  # training problems whose samples teach the verifier
+    samples: int = Field(ge=1)
 
 
 class SearchConfig(_Strict):
-    widths: list[int] = [1, 2, 4]  # beam widths; [] = no search
-    expand: int = Field(4, ge=1)  # sampled next steps per beam
-    max_steps: int = Field(12, ge=1)
-    step_tokens: int = Field(8, ge=1)  # token cap of one step
+    widths: list[int]  # beam widths; [] = no search
+    expand: int = Field(ge=1)  # sampled next steps per beam
+    max_steps: int = Field(ge=1)
+    step_tokens: int = Field(ge=1)  # token cap of one step
 
 
 class TTCConfig(_Strict):
-    checkpoints: list[Literal["pretrain", "rl"]] = ["pretrain", "rl"]  # upstream stages to evaluate
-    init_from: str | None = None  # or evaluate this HF checkpoint (named "init") instead
-    n_max: int = Field(64, ge=1)  # samples drawn once per problem
-    ks: list[int] = [1, 2, 4, 8, 16, 32, 64]
-    strategies: list[Literal["pass", "maj", "bon", "bon_logprob", "weighted_maj", "weighted_maj_logprob"]] = [
-        "pass", "maj", "bon", "bon_logprob", "weighted_maj", "weighted_maj_logprob"
-    ]  # fmt: skip
-    temperature: float = Field(1.0, gt=0)
-    max_new_tokens: int = Field(24, ge=1)
-    n_problems: int | None = Field(None, ge=1)  # null = task.n_test
-    vote_draws: int = Field(128, ge=1)  # random subsets per k for maj/weighted-maj estimates
-    bootstrap: int = Field(1000, ge=100)
-    verifier: VerifierConfig = VerifierConfig()
-    budgets: list[int] = [2, 5, 8, 11, 14]  # thinking-token budgets (budget forcing, greedy)
-    wait_min_think: list[int] = [16, 20]  # "Wait"-extension: minimum thinking tokens
-    answer_tokens: int = Field(8, ge=1)  # tokens allowed for the answer after forced thinking
-    difficulty_bins: int = Field(5, ge=1)
-    search: SearchConfig = SearchConfig()
-    backend: Literal["hf", "vllm"] = "hf"
-    seed: int = 0
+    checkpoints: list[Literal["pretrain", "rl"]]  # upstream stages to evaluate
+    init_from: str | None  # or evaluate this HF checkpoint (named "init") instead
+    n_max: int = Field(ge=1)  # samples drawn once per problem
+    ks: list[int]
+    strategies: list[Literal["pass", "maj", "bon", "bon_logprob", "weighted_maj", "weighted_maj_logprob"]]
+    temperature: float = Field(gt=0)
+    max_new_tokens: int = Field(ge=1)
+    n_problems: int | None = Field(ge=1)  # null = task.n_test
+    vote_draws: int = Field(ge=1)  # random subsets per k for maj/weighted-maj estimates
+    bootstrap: int = Field(ge=100)
+    verifier: VerifierConfig
+    budgets: list[int]  # thinking-token budgets (budget forcing, greedy)
+    wait_min_think: list[int]  # "Wait"-extension: minimum thinking tokens
+    answer_tokens: int = Field(ge=1)  # tokens allowed for the answer after forced thinking
+    difficulty_bins: int = Field(ge=1)
+    search: SearchConfig
+    backend: Literal["hf", "vllm"]
+    seed: int
 
     @model_validator(mode="after")
     def _ks(self) -> TTCConfig:
@@ -340,30 +344,30 @@ class ContestantConfig(_Strict):
 
 
 class APIConfig(_Strict):
-    concurrency: int = Field(8, ge=1)
-    requests_per_minute: float | None = Field(500, gt=0)
-    tokens_per_minute: float | None = Field(200_000, gt=0)
-    max_retries: int = Field(6, ge=0)
-    timeout_s: float = Field(60.0, gt=0)
-    backoff_base_s: float = Field(1.0, gt=0)
-    backoff_max_s: float = Field(60.0, gt=0)
-    spend_cap_usd: float | None = Field(5.0, ge=0)  # per contestant; null = no cap
-    cache: str | None = None  # SQLite response cache; null = <paths.work_dir>/compare/api_cache.sqlite
+    concurrency: int = Field(ge=1)
+    requests_per_minute: float | None = Field(gt=0)
+    tokens_per_minute: float | None = Field(gt=0)
+    max_retries: int = Field(ge=0)
+    timeout_s: float = Field(gt=0)
+    backoff_base_s: float = Field(gt=0)
+    backoff_max_s: float = Field(gt=0)
+    spend_cap_usd: float | None = Field(ge=0)  # per contestant; null = no cap
+    cache: str | None  # SQLite response cache; null = <paths.work_dir>/compare/api_cache.sqlite
 
 
 class CompareConfig(_Strict):
     contestants: dict[str, ContestantConfig | None]  # null drops one (e.g. compare.contestants.rl=null)
-    n_problems: int | None = Field(None, ge=1)  # null = task.n_test
-    ks: list[int] = [1, 2, 4, 8, 16]  # maj@k / pass@k; max(ks) samples per problem
-    strategies: list[Literal["greedy", "pass", "maj", "budget"]] = ["greedy", "pass", "maj"]
-    temperature: float = Field(1.0, gt=0)
-    max_new_tokens: int = Field(24, ge=1)
-    budgets: list[int] = []  # thinking budgets (strategy budget; local backends only)
-    answer_tokens: int = Field(8, ge=1)
-    usd_per_hour: float = Field(0.10, ge=0)  # price of this machine, for the cost of local models
-    bootstrap: int = Field(1000, ge=100)
-    api: APIConfig = APIConfig()
-    seed: int = 0
+    n_problems: int | None = Field(ge=1)  # null = task.n_test
+    ks: list[int]  # maj@k / pass@k; max(ks) samples per problem
+    strategies: list[Literal["greedy", "pass", "maj", "budget"]]
+    temperature: float = Field(gt=0)
+    max_new_tokens: int = Field(ge=1)
+    budgets: list[int]  # thinking budgets (strategy budget; local backends only)
+    answer_tokens: int = Field(ge=1)
+    usd_per_hour: float = Field(ge=0)  # price of this machine, for the cost of local models
+    bootstrap: int = Field(ge=100)
+    api: APIConfig
+    seed: int
 
     @property
     def entrants(self) -> dict[str, ContestantConfig]:
@@ -381,42 +385,43 @@ class CompareConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    uri: str | None = None
-    experiment: str = Field("thinkflow", min_length=1)
-    log_checkpoint: bool = True
+    uri: str | None
+    experiment: str = Field(min_length=1)
+    log_checkpoint: bool
 
 
 class CacheConfig(_Strict):
-    enabled: bool = True  # reuse a stage's result when its config, upstream results and code are unchanged
-    refresh: list[Literal["pretrain", "rl", "ttc_eval", "compare"]] = []  # recompute these anyway
+    enabled: bool  # reuse a stage's result when its config, upstream results and code are unchanged
+    refresh: list[Literal["pretrain", "rl", "ttc_eval", "compare"]]  # recompute these anyway
 
 
 class ProfileConfig(_Strict):
-    enabled: bool = True  # the compute-spend profile (table, share chart, roofline) on the parent run
-    measure_model: bool = True  # time prefill / decode / a training step of the final model (roofline points)
-    probe_cache: str | None = None  # where the machine probe's figures are cached; null = ~/.cache/thinkflow
+    enabled: bool  # the compute-spend profile (table, share chart, roofline) on the parent run
+    measure_model: bool  # time prefill / decode / a training step of the final model (roofline points)
+    probe_cache: str | None  # where the machine probe's figures are cached; null = ~/.cache/thinkflow
 
 
 class PathsConfig(_Strict):
-    root: str = "."
+    root: str
     work_dir: str
 
 
 class PipelineConfig(_Strict):
-    seed: int = 0
-    run_name: str | None = None
-    stop_grace_s: float = Field(30.0, ge=0)
+    seed: int
+    run_name: str | None
+    stop_grace_s: float = Field(ge=0)
     paths: PathsConfig
     task: TaskConfig
     model: ModelConfig
     trainer: TrainerConfig
     tracking: TrackingConfig
-    cache: CacheConfig = CacheConfig()
-    profile: ProfileConfig = ProfileConfig()
-    pretrain: PretrainConfig | None = None
-    rl: RLConfig | None = None
-    ttc: TTCConfig | None = None
-    compare: CompareConfig | None = None
+    cache: CacheConfig
+    profile: ProfileConfig
+    # null: the stage is off (`~rl` on the command line, `rl: null` in an experiment)
+    pretrain: PretrainConfig | None
+    rl: RLConfig | None
+    ttc: TTCConfig | None
+    compare: CompareConfig | None
 
     @property
     def ttc_checkpoints(self) -> list[str]:

@@ -7,8 +7,10 @@ import re
 import pytest
 import torch
 
+from tests.conftest import compose
 from tests.inference.test_backends import TINY as VLLM_TINY
 from tests.inference.test_backends import _vllm_available
+from thinkflow.config import validate
 from thinkflow.envs import EnvEngine, env_metrics, sample_verdict, with_env
 from thinkflow.envs.calculator import ToolArithmetic, calculate, replay
 from thinkflow.envs.code import CodeTask, program_of
@@ -220,13 +222,21 @@ def test_code_env_rewards_the_share_of_hidden_tests_and_counts_violations():
     assert task.extract_answer("```python\ndef f(x):\n    return 1\n```") == "def f(x): return 1"
 
 
-def test_build_task_takes_the_env_settings_and_names_bad_ones():
-    assert build_task("calc", 4, env={"tools": False, "terms": 2, "max_turns": 3}).max_turns == 3
-    assert build_task("code", 3, env={"sandbox": {"cpu_s": 0.5}}).limits.cpu_s == 0.5
-    with pytest.raises(ValueError, match="terms"):
-        build_task("calc", 3, env={"terms": 9})
-    with pytest.raises(ValueError, match="max_turns"):
-        build_task("calc", 3, env={"max_turns": 0})
+def test_build_task_takes_the_env_settings_and_names_bad_ones(tmp_path):
+    def task(*overrides: str):
+        return validate(compose(list(overrides), root=tmp_path)).task.build()
+
+    calc = task("task=calc", "task.env.tools=false", "task.env.terms=2", "task.env.max_turns=3")
+    assert (calc.max_turns, calc.tools, calc.terms) == (3, False, 2)
+    code = task("task=code", "task.env.sandbox.cpu_s=0.5", "task.env.sandbox.isolation=hook")
+    assert (code.limits.cpu_s, code.limits.wall_s, code.isolation) == (0.5, 5.0, "hook")  # the rest from conf/
+    for override, key in [("task.env.terms=9", "task.env.terms"), ("task.env.max_turns=0", "task.env.max_turns")]:
+        with pytest.raises(ValueError, match=key):
+            task("task=calc", override)
+    with pytest.raises(ValueError, match="terms"):  # the task's own check, for callers that skip the config
+        ToolArithmetic(3, terms=9)
+    with pytest.raises(KeyError, match="tools"):  # the whole task.env section, read by name: no silent fallback
+        build_task("calc", 3, env={"terms": 2, "max_turns": None})
 
 
 @pytest.mark.slow

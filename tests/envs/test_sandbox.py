@@ -365,8 +365,8 @@ def test_without_os_isolation_model_code_is_refused_unless_the_user_opts_into_th
     if os.geteuid() != 0:
         pytest.skip("needs root to drop a capability from a root process")
     script = """
+from thinkflow.envs.code import CodeTask
 from thinkflow.envs.sandbox import SandboxUnavailable, run_tests
-from thinkflow.tasks import build_task
 from thinkflow.tasks.base import TaskError
 try:
     run_tests("def f(x):\\n    return x", ["f(1) == 1"])
@@ -374,11 +374,11 @@ try:
 except SandboxUnavailable as err:
     print("REFUSED:", err)
 try:
-    build_task("code", 5, env={"sandbox": {"isolation": "os"}}).check()
+    CodeTask(5, isolation="os").check()
     print("CHECKED")
 except TaskError as err:
     print("TASK REFUSED:", err)
-build_task("code", 5, env={"sandbox": {"isolation": "hook"}}).check()
+CodeTask(5, isolation="hook").check()
 print("HOOK:", run_tests("def f(x):\\n    return x", ["f(1) == 1"], isolation="hook").reward)
 """
     drop = functools.partial(isolation._libc().prctl, isolation.PR_CAPBSET_DROP, isolation.CAP_SYS_ADMIN, 0, 0, 0)

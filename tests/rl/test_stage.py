@@ -131,16 +131,14 @@ def test_missing_or_too_short_checkpoint_context(pretrained, tmp_path):
         run_stage("rl", config, start_pipeline_run(config, None), {}, None)
 
 
-def test_beta_without_a_reference_model_is_refused(pretrained):
-    from thinkflow.config import RLConfig
+def test_beta_without_a_reference_model_is_refused(pretrained, tmp_path):
     from thinkflow.models import load_checkpoint
     from thinkflow.rl.learner import GRPOModule
     from thinkflow.rl.sync import InProcessPolicy
     from thinkflow.tasks import build_task
 
     model, tok = load_checkpoint(pretrained)
-    rl = RLConfig(max_steps=2, prompts_per_step=2, group_size=2, lr=1e-3, max_new_tokens=8, eval_every=1,
-                  ckpt_every=1, beta=0.1)  # fmt: skip
+    rl = validate(rl_config(tmp_path, pretrained, ["rl.beta=0.1"])).rl
     with pytest.raises(ValueError, match="beta > 0 needs a reference model"):
         GRPOModule(model, tok, build_task("multiplication", 2), [], [], rl, 0, InProcessPolicy(), None, "r")
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from thinkflow.config import DeepSpeedConfig, RLConfig, TrainerConfig
+from thinkflow.config import validate
 from thinkflow.distributed import close_process_group, global_rank, world_size
 from thinkflow.distributed.strategy import build_strategy
 from thinkflow.inference import Sample
@@ -71,6 +72,31 @@ def optimizer_state_numel(trainer) -> int:
     return sum(s["exp_avg"].numel() for s in base.state.values() if "exp_avg" in s)
 
 
+def configs(stage: int):
+    """The CLI's rl and trainer sections (conf/), with this test's batch, schedule and ZeRO stage."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the checkout's tests package
+    from tests.conftest import compose
+
+    trainer = {0: "cpu", 2: "cpu_zero2", 3: "cpu_zero3"}[stage]
+    overrides = [
+        f"trainer={trainer}",
+        f"trainer.devices={world_size()}",
+        f"rl.max_steps={STEPS}",
+        f"rl.prompts_per_step={GROUPS}",
+        f"rl.group_size={G}",
+        # not the CLI's dapo: its token-level mean is taken per rank, so with ranks holding different token
+        # counts 2 ranks differ from 1 process (~2% here); grpo and dr_grpo match exactly
+        "rl.objective=grpo",
+        "rl.lr=1e-2",
+        "rl.max_new_tokens=8",
+        "rl.eval_every=1000",
+        "rl.eval_samples=1",
+        "rl.ckpt_every=1000",
+    ]
+    cfg = validate(compose(overrides, tiny=False))
+    return cfg.rl, cfg.trainer
+
+
 def main(out: str, stage: int) -> None:
     torch.set_num_threads(1)
     model, tokenizer = build_model_and_tokenizer(MODEL, seed=3)
@@ -78,14 +104,9 @@ def main(out: str, stage: int) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     task = build_task("multiplication", 2)
     train, val = task.splits(GROUPS * STEPS, 4, seed=0)
-    rl = RLConfig(
-        max_steps=STEPS, prompts_per_step=GROUPS, group_size=G, ppo_epochs=2, lr=1e-2, max_new_tokens=8,
-        eval_every=1000, eval_samples=1, ckpt_every=1000,
-    )  # fmt: skip
+    rl, tc = configs(stage)
     tracker = RecordingTracker()
     module = FixedExperience(model, tokenizer, task, train, val, rl, 0, InProcessPolicy(), tracker, "run")
-    ds = DeepSpeedConfig(stage=stage) if stage else None
-    tc = TrainerConfig(devices=world_size(), strategy="deepspeed" if stage else "auto", deepspeed=ds)
     trainer = pl.Trainer(
         accelerator="cpu", devices=world_size(), strategy=build_strategy(tc, rl.grad_clip),
         max_steps=STEPS * rl.ppo_epochs, logger=False, use_distributed_sampler=False, enable_checkpointing=False,

@@ -99,8 +99,16 @@ def _local(name: str, spec: ContestantConfig, engine, where: str, info: dict | N
 def _api_contestant(name: str, spec: ContestantConfig, api: APIConfig, work: Path) -> Contestant:
     endpoint = Endpoint(spec.base_url, spec.model, spec.api_key_env, spec.mode, spec.usd_per_mtok_in,
                         spec.usd_per_mtok_out)  # fmt: skip
-    limits = Limits(api.concurrency, api.requests_per_minute, api.tokens_per_minute, api.max_retries, api.timeout_s,
-                    api.backoff_base_s, api.backoff_max_s, api.spend_cap_usd)  # fmt: skip
+    limits = Limits(
+        concurrency=api.concurrency,
+        requests_per_minute=api.requests_per_minute,
+        tokens_per_minute=api.tokens_per_minute,
+        max_retries=api.max_retries,
+        timeout_s=api.timeout_s,
+        backoff_base_s=api.backoff_base_s,
+        backoff_max_s=api.backoff_max_s,
+        spend_cap_usd=api.spend_cap_usd,
+    )
     cache = ResponseCache(api.cache or work.parent / "api_cache.sqlite")
     try:
         client = APIClient(endpoint, limits, cache)

@@ -96,12 +96,10 @@ class GRPOModule(pl.LightningModule):
         object.__setattr__(self, "ref_model", ref_model)
         if rl.beta > 0 and ref_model is None:
             raise ValueError("rl.beta > 0 needs a reference model, but none was loaded")
-        self.objective = ObjectiveConfig(
-            rl.objective, rl.clip_low, rl.clip_high, rl.beta, length_norm=rl.max_new_tokens
-        )  # fmt: skip
-        self.reward_cfg = RewardConfig(rl.reward.correct_weight, rl.reward.format_weight)
+        self.objective, self.reward_cfg = ObjectiveConfig.from_rl(rl), RewardConfig.from_rl(rl)
         self.updates_per_step = rl.ppo_epochs * rl.minibatches
-        self.guards = Guards(rl.guards.window, rl.guards.reward_collapse_ratio, rl.guards.min_response_len)
+        g = rl.guards
+        self.guards = Guards(window=g.window, collapse_ratio=g.reward_collapse_ratio, min_len=g.min_response_len)
         self.evals: list[dict] = []  # every held-out evaluation, kept across resumes
         self.sample_rows: list[dict] = []  # rollouts recorded at evaluation steps (the samples table)
         self.last_val_rows: list[dict] = []

@@ -17,8 +17,12 @@ frozen reference policy. They differ in advantages and in how token terms are ag
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from thinkflow.config import RLConfig
 
 OBJECTIVES = ("grpo", "dr_grpo", "dapo")
 
@@ -41,6 +45,13 @@ class ObjectiveConfig:
             raise ValueError(f"rl.beta must be >= 0, got {self.beta}")
         if self.length_norm < 1:
             raise ValueError(f"length_norm must be >= 1, got {self.length_norm}")
+
+    @classmethod
+    def from_rl(cls, rl: RLConfig) -> ObjectiveConfig:
+        """The objective the ``rl`` section names, each field by keyword (dr_grpo's divisor: the generation budget)."""
+        return cls(
+            name=rl.objective, clip_low=rl.clip_low, clip_high=rl.clip_high, beta=rl.beta, length_norm=rl.max_new_tokens
+        )
 
 
 def group_advantages(rewards: torch.Tensor, cfg: ObjectiveConfig) -> torch.Tensor:

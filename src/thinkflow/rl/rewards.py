@@ -9,16 +9,25 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from thinkflow.tasks import Problem, Task
+
+if TYPE_CHECKING:
+    from thinkflow.config import RLConfig
 
 
 @dataclass(frozen=True)
 class RewardConfig:
     correct_weight: float = 1.0
     format_weight: float = 0.0  # reward for a well-formed answer (one delimiter, parseable answer)
+
+    @classmethod
+    def from_rl(cls, rl: RLConfig) -> RewardConfig:
+        """The ``rl.reward`` section's weights, each by keyword."""
+        return cls(correct_weight=rl.reward.correct_weight, format_weight=rl.reward.format_weight)
 
 
 @dataclass

@@ -152,7 +152,7 @@ def _actors(cfg: PipelineConfig, init: str, train: list, work: Path, stack: Exit
     """rl.mode=async: Ray rollout actors starting from ``init`` (closed with the stage)."""
     from thinkflow.rl.actors import AsyncExperience
 
-    task = cfg.task.model_dump(exclude={"n_test"})
+    task = cfg.task.model_dump()  # the whole section: the actors validate it again (TaskConfig has no defaults)
     source = AsyncExperience(cfg.rl.actors, cfg.rl, init, task, train, cfg.seed, work)
     stack.callback(source.close)
     where = cfg.rl.actors.address or "a local Ray"

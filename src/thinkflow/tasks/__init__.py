@@ -27,8 +27,8 @@ def build_task(
     options: dict | None = None,
 ) -> Task:
     """Task by name; synthetic tasks take ``difficulty``, GSM8K and MATH-500 take ``source`` and ``options``
-    (thinking delimiters; MATH-500 also shots and the check timeout), environment tasks ``env`` (``task.env``:
-    tools, terms, max_turns, sandbox limits)."""
+    (thinking delimiters; MATH-500 also shots and the check timeout), environment tasks ``env`` (the whole
+    ``task.env`` section: tools, terms, max_turns, sandbox limits)."""
     if name not in TASKS:
         raise TaskError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
     if name == "gsm8k":
@@ -46,12 +46,13 @@ def _env_task(name: str, difficulty: int, env: dict) -> Task:
     from thinkflow.envs.code import CodeTask
     from thinkflow.envs.sandbox import SandboxLimits
 
-    turns = {"max_turns": env["max_turns"]} if env.get("max_turns") is not None else {}
+    # every key read by name from the whole section: a renamed key fails here instead of falling back
+    turns = {"max_turns": env["max_turns"]} if env["max_turns"] is not None else {}
     if name == "calc":
-        return ToolArithmetic(difficulty, tools=env.get("tools", True), terms=env.get("terms", 1), **turns)
-    limits = dict(env.get("sandbox", {}))
-    isolation = limits.pop("isolation", "os")
-    return CodeTask(difficulty, limits=SandboxLimits(**limits), isolation=isolation, **turns)
+        return ToolArithmetic(difficulty, tools=env["tools"], terms=env["terms"], **turns)
+    box = env["sandbox"]
+    limits = SandboxLimits(cpu_s=box["cpu_s"], wall_s=box["wall_s"], memory_mb=box["memory_mb"], file_mb=box["file_mb"])
+    return CodeTask(difficulty, limits=limits, isolation=box["isolation"], **turns)
 
 
 __all__ = [
