@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from thinkflow.rl.objectives import ObjectiveConfig, group_advantages, informative_groups, policy_loss
+from thinkflow.rl.objectives import ObjectiveConfig, aggregate, group_advantages, informative_groups, policy_loss
 
 
 def reference_loss(logp_new, logp_old, logp_ref, rewards, lengths, cfg: ObjectiveConfig):
@@ -139,3 +139,20 @@ def test_kl_needs_a_reference_and_is_never_negative():
 def test_bad_objective_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ObjectiveConfig(**kwargs)
+
+
+def test_dapo_token_mean_is_the_same_split_over_ranks():
+    """Data-parallel ranks average their losses' gradients: with tokens_per_rank, the mean of two ranks' dapo
+    losses is the token mean of the whole batch, however the tokens fall between them."""
+    torch.manual_seed(0)
+    per_token = torch.randn(6, 5)
+    mask = torch.tensor(
+        [[1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
+    )
+    cfg = ObjectiveConfig(name="dapo")
+    whole = aggregate(per_token, mask, cfg)
+    per_rank = float(mask.sum()) / 2
+    split = [aggregate(per_token[rows], mask[rows], cfg, per_rank) for rows in (slice(0, 3), slice(3, 6))]
+    assert (split[0] + split[1]) / 2 == pytest.approx(float(whole), rel=1e-6)
+    naive = [aggregate(per_token[rows], mask[rows], cfg) for rows in (slice(0, 3), slice(3, 6))]
+    assert (naive[0] + naive[1]) / 2 != pytest.approx(float(whole), rel=1e-3)  # each rank's own count: biased

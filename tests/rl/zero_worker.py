@@ -84,9 +84,6 @@ def configs(stage: int):
         f"rl.max_steps={STEPS}",
         f"rl.prompts_per_step={GROUPS}",
         f"rl.group_size={G}",
-        # not the CLI's dapo: its token-level mean is taken per rank, so with ranks holding different token
-        # counts 2 ranks differ from 1 process (~2% here); grpo and dr_grpo match exactly
-        "rl.objective=grpo",
         "rl.lr=1e-2",
         "rl.max_new_tokens=8",
         "rl.eval_every=1000",

@@ -198,9 +198,11 @@ class GRPOModule(pl.LightningModule):
                 mb, t_mb = batch.select(idx), time.perf_counter()
                 logp, entropy = token_logprobs(self.model, mb, with_entropy=True)
                 w = None if is_weights is None else is_weights[idx][:, : mb.loss_mask.shape[1]]
+                # dapo's token mean over the whole batch, whichever rank holds the tokens (objectives.aggregate)
+                tokens_per_rank = all_sum([float(mb.loss_mask.sum())])[0] / world_size()
                 out = policy_loss(
                     logp, mb.old_logp, adv[idx], mb.loss_mask, self.objective,
-                    None if ref_logp is None else ref_logp[idx], token_weights=w,
+                    None if ref_logp is None else ref_logp[idx], token_weights=w, tokens_per_rank=tokens_per_rank,
                 )  # fmt: skip
                 finite = all_sum([float(torch.isfinite(out.loss.detach()))])[0] == world_size()
                 if not finite:

@@ -83,6 +83,7 @@ def policy_loss(
     cfg: ObjectiveConfig,
     logp_ref: torch.Tensor | None = None,  # (B, T) frozen reference, needed iff beta > 0
     token_weights: torch.Tensor | None = None,  # (B, T) off-policy correction (truncated IS weights), no grad
+    tokens_per_rank: float | None = None,  # dapo: completion tokens of the whole batch over all ranks / ranks
 ) -> LossOutput:
     if cfg.beta > 0 and logp_ref is None:
         raise ValueError("rl.beta > 0 needs reference log-probs (a reference model), but none were given")
@@ -98,7 +99,7 @@ def policy_loss(
         delta = logp_ref - logp_new
         kl = torch.exp(delta) - delta - 1  # k3: unbiased, always >= 0
         per_token = per_token + cfg.beta * kl
-    loss = aggregate(per_token, mask, cfg)
+    loss = aggregate(per_token, mask, cfg, tokens_per_rank)
     n_tok = mask.sum().clamp(min=1)
     took_clip = ((ratio * adv) > (clipped * adv)).to(mask.dtype) * mask
     return LossOutput(
@@ -109,11 +110,20 @@ def policy_loss(
     )
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, cfg: ObjectiveConfig) -> torch.Tensor:
-    """Token terms (B, T) -> scalar, the way each objective weighs tokens and sequences."""
+def aggregate(
+    per_token: torch.Tensor, mask: torch.Tensor, cfg: ObjectiveConfig, tokens_per_rank: float | None = None
+) -> torch.Tensor:
+    """Token terms (B, T) -> scalar, the way each objective weighs tokens and sequences.
+
+    Data-parallel ranks average their gradients, so every objective must be a mean of equal-weight per-rank
+    terms. grpo and dr_grpo are means over sequences, and every rank holds as many: that holds. dapo's mean
+    over *tokens* does not (ranks hold different token counts), so each rank divides its token sum by the
+    batch's token count over all ranks divided by the number of ranks (``tokens_per_rank``): the average of
+    the ranks' losses is then exactly the token mean of the whole batch. Without it: this rank's own count."""
     if cfg.name == "grpo":
         per_seq = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
         return per_seq.mean()
     if cfg.name == "dr_grpo":
         return ((per_token * mask).sum(dim=1) / cfg.length_norm).mean()
-    return (per_token * mask).sum() / mask.sum().clamp(min=1)  # dapo: token-level
+    norm = mask.sum().clamp(min=1) if tokens_per_rank is None else max(tokens_per_rank, 1e-6)
+    return (per_token * mask).sum() / norm  # dapo: token-level
