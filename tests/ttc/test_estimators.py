@@ -5,6 +5,7 @@ import math
 import random
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from thinkflow.ttc.estimators import EstimatorError, best_of_k, bootstrap_ci, pass_at_k, vote_at_k
@@ -131,3 +132,31 @@ def test_batched_votes_agree_with_the_per_problem_enumeration():
         for i in range(p):
             exact = vote_at_k(ids[i], {0}, ks, None if w is None else w[i])  # C(9, k) small: enumerated
             assert batch[i] == pytest.approx([exact[k] for k in ks], abs=0.03)
+
+
+def test_plots_keep_one_colour_per_strategy_across_checkpoints(tmp_path, monkeypatch):
+    """`pretrain: pass` and `rl: weighted_maj` were both blue: a strategy now keeps its colour for every
+    checkpoint and line style tells checkpoints apart."""
+    import matplotlib.pyplot as plt
+
+    from thinkflow.ttc import plots
+
+    rows = [{"checkpoint": c, "strategy": s, "k": k, "accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6,
+             "n_problems": 8, "n_samples": 4} for c in ("pretrain", "rl") for s in ("pass", "maj", "weighted_maj")
+            for k in (1, 2, 4)]  # fmt: skip
+    points = pd.DataFrame(rows)
+    drawn = []
+    real_plot = plt.Axes.plot
+
+    def spy(ax, *args, **kwargs):
+        lines = real_plot(ax, *args, **kwargs)
+        drawn.append((kwargs.get("label"), lines[0].get_color(), lines[0].get_linestyle()))
+        return lines
+
+    monkeypatch.setattr(plt.Axes, "plot", spy)
+    assert plots.accuracy_vs(points, "k", tmp_path / "a.png", "t").stat().st_size > 0
+    by_label = {label: (colour, style) for label, colour, style in drawn}
+    assert by_label["pretrain: pass"][0] == by_label["rl: pass"][0]  # same strategy, same colour
+    assert by_label["pretrain: pass"][1] != by_label["rl: pass"][1]  # checkpoints: line style
+    assert len({by_label[f"rl: {s}"][0] for s in ("pass", "maj", "weighted_maj")}) == 3
+    assert by_label["rl: pass"][1] == "-"  # the last checkpoint is solid
