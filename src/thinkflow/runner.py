@@ -134,6 +134,20 @@ def record_reuse(name: str, config: dict, parent_run_id: str, result: dict, flow
             "recompute it with `cache.refresh=[" + name + "]`.")  # fmt: skip
     tags = {STAGE_TAG: name, FLOW_RUN_TAG: flow_run_id or "", REUSED_TAG: source, "mlflow.note.content": note}
     with tracker.run(name, tags, parent_run_id=parent_run_id) as run_id:
+        # the reused run's params, so MLflow's Compare view shows what this stage ran with (its metrics stay
+        # with the run that measured them: nothing was computed here)
+        original = _run_or_none(tracker, source)
+        if original is not None:
+            tracker.log_params(run_id, original.data.params)
         tracker.log_metrics(run_id, {f"{name}/{k}": result[k] for k in HEADLINE_KEYS if k in result})
     print(f"{name}: reused the result of MLflow run {source} (unchanged config, inputs and code)")
     return run_id
+
+
+def _run_or_none(tracker: Tracker, run_id: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return tracker.client.get_run(run_id) if run_id else None
+    except MlflowException:
+        return None  # deleted, or in another store: the link in the note still says where it came from

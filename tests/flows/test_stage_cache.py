@@ -55,6 +55,11 @@ def test_a_ttc_only_change_reuses_pretrain_and_rl(tmp_path, prefect_server):
     assert states["pretrain"] == "Cached" and states["rl"] == "Cached" and states["ttc_eval"] == "Completed"
     # the reused stage runs hold no training metrics of their own (nothing trained; timing is for benchmarks)
     assert "train/loss" not in runs["pretrain"].data.metrics and "rl/loss" not in runs["rl"].data.metrics
+    # ... but they carry the params of the runs they reuse (MLflow's Compare view showed them blank)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    for stage in ("pretrain", "rl"):
+        original = client.get_run(first[stage]["run_id"]).data.params
+        assert original and runs[stage].data.params == original
 
     # cache.refresh=[rl] recomputes RL, and so everything downstream of it, but not pretrain
     third = pipeline(compose(["~compare", "ttc.n_max=4", "ttc.ks=[1,2,4]", "cache.refresh=[rl]"], root=tmp_path))
