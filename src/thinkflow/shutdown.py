@@ -13,6 +13,12 @@ exception in the main thread (Prefect's ``TerminationSignal``, or ``KeyboardInte
 4. the entry point stops the temporary Prefect server and ends the process as killed by the signal
    (``exit_by_signal``), not waiting for a stage thread that did not stop in time.
 
+From the request until the process exits, a further SIGTERM or Ctrl-C raises nothing (an exception in the main
+thread would cut steps 2-4 short: runs left RUNNING, the stage's processes and the Prefect server behind); during
+the grace period it ends the wait at once (step 3 follows), afterwards it is ignored. The flow itself returns only
+once the stage's thread has ended (Prefect joins its task threads): step 3 is what ends a stage that waits on its
+processes (launched ranks, Ray actors); an in-process stage ends at its next step boundary.
+
 Rerunning the same command resumes from the saved checkpoints.
 """
 
@@ -31,6 +37,9 @@ _requested = threading.Event()
 _hooks: dict[int, tuple[str, Callable[[], None] | None, Callable[[], None] | None]] = {}
 _ids = itertools.count()
 _lock = threading.Lock()
+_again: list[int] = []  # signals received while stopping (appended by a signal handler: no lock, no I/O there)
+_held: dict[int, object] = {}  # signal -> its handler before the stop took it over (given back by ``reset``)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Terminated(BaseException):  # noqa: N818 - like KeyboardInterrupt
@@ -38,7 +47,24 @@ class Terminated(BaseException):  # noqa: N818 - like KeyboardInterrupt
 
 
 def raise_terminated(signum, frame) -> None:
+    if _requested.is_set():  # already stopping (Prefect hands SIGTERM back here once the flow has ended)
+        _while_stopping(signum, frame)
+        return
     raise Terminated()
+
+
+def _while_stopping(signum, frame) -> None:
+    """SIGTERM / SIGINT once a stop is under way: noted (it ends the grace period), never raised."""
+    _again.append(signum)
+
+
+def _hold_signals() -> None:
+    """Until the process exits (or ``reset``), SIGTERM and SIGINT no longer raise; only the main thread can."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in _STOP_SIGNALS:
+        previous = signal.signal(sig, _while_stopping)
+        _held.setdefault(sig, signal.SIG_DFL if previous is None else previous)  # None: not set from Python
 
 
 def exit_by_signal(sig: int) -> None:
@@ -61,8 +87,14 @@ def requested() -> bool:
 
 
 def reset() -> None:
-    """Forget an earlier request (a new pipeline in the same process, e.g. a test or a served flow)."""
+    """Forget an earlier request (a new pipeline in the same process, e.g. a test or a served flow), and give
+    SIGTERM / SIGINT their handlers back."""
     _requested.clear()
+    _again.clear()
+    if threading.current_thread() is threading.main_thread():
+        while _held:
+            sig, handler = _held.popitem()
+            signal.signal(sig, handler)
 
 
 def is_stop_signal(exc: BaseException) -> bool:
@@ -115,11 +147,17 @@ def stop(grace_s: float, running: Callable[[], bool]) -> bool:
     """Request a stop, wait up to ``grace_s`` while ``running()``, then end what is left; True if the
     running work ended within the grace period."""
     _requested.set()
+    _hold_signals()
     print(f"stop requested: the running stage saves its state at its next step (up to {grace_s:.0f} s)", flush=True)
-    _call(0)
-    deadline = time.monotonic() + grace_s
-    while running() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    ended = not running()
-    _call(1)
+    try:
+        _call(0)
+        deadline = time.monotonic() + grace_s
+        while running() and time.monotonic() < deadline and not _again:
+            time.sleep(0.1)
+        ended = not running()
+        if _again and not ended:
+            print(f"stop: {signal.Signals(_again[0]).name} again: not waiting for the stage any longer; ending what "
+                  "it started", flush=True)  # fmt: skip
+    finally:
+        _call(1)
     return ended

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import compose
+from tests.stopping import no_leftovers, pipeline_command, signal_once_logged, start, statuses
 
 SSH_OPTS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
 
@@ -87,6 +89,25 @@ def test_pretrain_on_two_nodes_through_the_deepspeed_launcher(tmp_path, sshd, pr
     assert steps and steps == sorted(set(steps))  # logged once (rank 0 only), not once per node
     model, _ = load_checkpoint(result["pretrain"]["checkpoint"])  # whole weights, written by rank 0
     assert all(p.numel() > 0 for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_two_node_stage_ends_every_rank_on_every_node(tmp_path, sshd):
+    """SIGTERM to the pipeline while pretrain runs on two nodes: the runs end KILLED, and no launcher, pdsh, node
+    agent or rank is left on either host (each has the stage's work dir on its command line)."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    cmd, env = pipeline_command(tmp_path, *_two_node_overrides(hostfile, sshd), "~rl", "~ttc", "~compare",
+                                "pretrain.max_steps=3000", "pretrain.ckpt_every=5000", "pretrain.eval_every=5000",
+                                "pretrain.log_every=5")  # fmt: skip
+    log = tmp_path / "first.log"
+    first = start(cmd, env, log)
+    tree = signal_once_logged(tmp_path, first, log, "pretrain", "train/loss")
+    first.wait(timeout=120)
+    assert first.returncode == -signal.SIGTERM, log.read_text()[-3000:]
+    assert statuses(tmp_path) == {"pipeline": "KILLED", "pretrain": "KILLED"}
+    sshd_pid = int((tmp_path / "ssh" / "sshd.pid").read_text())  # the fixture's, with its config on its command line
+    assert no_leftovers(tmp_path, tree, ignore={sshd_pid}) == []
 
 
 def test_an_unreachable_host_stops_the_launch_before_any_process(tmp_path, monkeypatch):

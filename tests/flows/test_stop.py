@@ -7,16 +7,23 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
-import psutil
 import pytest
 import torch
 from mlflow import MlflowClient
 
-from tests.conftest import ROOT
+from tests.stopping import (
+    leftovers,
+    no_leftovers,
+    pipeline_command,
+    runs,
+    signal_once_logged,
+    start,
+    statuses,
+    wait_for_line,
+)
 from thinkflow import shutdown
 
 
@@ -58,55 +65,37 @@ def test_stop_calls_the_immediate_hooks_waits_for_the_stage_then_ends_the_rest()
     assert not shutdown.requested()
 
 
-def _pipeline(tmp_path, *overrides: str) -> tuple[list[str], dict]:
-    cmd = [sys.executable, str(ROOT / "flows" / "pipeline.py"), "experiment=tiny", f"paths.root={tmp_path}",
-           "~rl", "~ttc", "~compare", "trainer.progress_bar=false", *overrides]  # fmt: skip
-    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
-    return cmd, env
-
-
-def _runs(tmp_path) -> list:
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    experiment = client.get_experiment_by_name("thinkflow")
-    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"]) if experiment else []
-
-
-def _leftovers(tmp_path) -> list[str]:
-    """Processes of this pipeline still alive: anything with the test's PREFECT_HOME in its environment (the
-    temporary Prefect server included) or its work dir on its command line (the launched ranks)."""
-    home, left = str(tmp_path / "prefect"), []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if p.environ().get("PREFECT_HOME") == home or any(str(tmp_path) in a for a in p.info["cmdline"] or []):
-                left.append(f"{p.pid}: {' '.join(p.info['cmdline'] or [])[:200]}")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return left
-
-
-def _sigterm_once_training(tmp_path, proc: subprocess.Popen, log, timeout: float = 300) -> None:
-    """SIGTERM the pipeline once the pretrain stage has logged a training loss."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, f"the pipeline ended before it was stopped:\n{log.read_text()[-3000:]}"
-        if "pipeline: MLflow parent run" in log.read_text():  # the store exists (opening it sooner races its setup)
-            pretrain = [r for r in _runs(tmp_path) if r.data.tags.get("stage") == "pretrain"]
-            if pretrain and "train/loss" in pretrain[0].data.metrics:
-                proc.send_signal(signal.SIGTERM)
-                return
-        time.sleep(0.2)
-    raise AssertionError("pretraining did not start")
+def test_a_second_signal_while_stopping_only_ends_the_wait():
+    """SIGTERM or Ctrl-C again during the grace period raises nothing in the main thread (an exception there would
+    cut the stop short: runs left RUNNING, the stage's processes behind); it ends the wait, and what the stage
+    started is still ended."""
+    calls, before_int = [], signal.getsignal(signal.SIGINT)
+    before_term = signal.signal(signal.SIGTERM, shutdown.raise_terminated)  # as flows/pipeline.py's main sets it
+    try:
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        threading.Timer(0.4, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with shutdown.on_stop("e", last=lambda: calls.append("e last")):
+            t0 = time.monotonic()
+            assert shutdown.stop(grace_s=30, running=lambda: True) is False  # the stage never ends by itself
+        assert time.monotonic() - t0 < 5 and calls == ["e last"]
+        time.sleep(0.3)  # the SIGINT, after the wait has ended: nothing either
+        os.kill(os.getpid(), signal.SIGTERM)  # until the process exits (runs being closed, servers stopped)
+        time.sleep(0.1)
+        assert shutdown.raise_terminated(signal.SIGTERM, None) is None  # Prefect hands it back after the flow
+    finally:
+        shutdown.reset()
+        signal.signal(signal.SIGTERM, before_term)
+    assert signal.getsignal(signal.SIGINT) is before_int  # a new pipeline in this process gets them back
 
 
 @pytest.mark.slow
 def test_sigterm_mid_pretraining_saves_a_checkpoint_ends_the_runs_killed_and_the_rerun_resumes(tmp_path):
     # no periodic checkpoint (ckpt_every > max_steps): the only one is what the stop writes
-    cmd, env = _pipeline(tmp_path, "pretrain.max_steps=400", "pretrain.ckpt_every=5000", "pretrain.eval_every=5000",
-                         "pretrain.log_every=5")  # fmt: skip
+    cmd, env = pipeline_command(tmp_path, "~rl", "~ttc", "~compare", "pretrain.max_steps=400",
+                                "pretrain.ckpt_every=5000", "pretrain.eval_every=5000", "pretrain.log_every=5")  # fmt: skip
     log = tmp_path / "first.log"
-    with open(log, "w") as out:
-        first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
-    _sigterm_once_training(tmp_path, first, log)
+    first = start(cmd, env, log)
+    tree = signal_once_logged(tmp_path, first, log, "pretrain", "train/loss")
     t0 = time.time()
     first.wait(timeout=120)
     stopped_in = time.time() - t0
@@ -118,31 +107,34 @@ def test_sigterm_mid_pretraining_saves_a_checkpoint_ends_the_runs_killed_and_the
     step = torch.load(ckpts[0], map_location="cpu", weights_only=False)["global_step"]
     assert 0 < step < 400
     assert f"pretrain: stopped on request after step {step}; saved {ckpts[0]}" in text
-    status = {r.data.tags.get("stage", "pipeline"): r.info.status for r in _runs(tmp_path)}
-    assert status == {"pipeline": "KILLED", "pretrain": "KILLED"}
-    assert _leftovers(tmp_path) == []
+    assert statuses(tmp_path) == {"pipeline": "KILLED", "pretrain": "KILLED"}
+    assert leftovers(tmp_path, tree) == []
 
     second = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert f"pretrain: resuming from {ckpts[0]}" in second.stdout
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    resumed = [r for r in _runs(tmp_path) if r.data.tags.get("stage") == "pretrain"][-1]
+    resumed = [r for r in runs(tmp_path) if r.data.tags.get("stage") == "pretrain"][-1]
     assert resumed.info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(resumed.info.run_id, "train/loss"))
     assert step <= steps[0] <= step + 5 and steps[-1] >= 395  # went on from the stop, not from step 0
 
 
 @pytest.mark.slow
-def test_sigterm_during_a_two_process_stage_ends_every_rank(tmp_path):
-    cmd, env = _pipeline(tmp_path, "trainer=cpu_zero2", "pretrain.max_steps=3000", "pretrain.ckpt_every=5000",
-                         "pretrain.eval_every=5000", "pretrain.log_every=5")  # fmt: skip
+def test_a_second_sigterm_while_a_two_process_stage_stops_still_ends_every_rank_and_run(tmp_path):
+    """SIGTERM, then SIGTERM again while the ranks are still stopping (an impatient user, a supervisor that
+    repeats it): the second one cuts the grace period short, but the runs still end KILLED, the process still
+    exits as killed by the signal, and neither the launcher, a rank nor the Prefect server is left."""
+    cmd, env = pipeline_command(tmp_path, "~rl", "~ttc", "~compare", "trainer=cpu_zero2", "pretrain.max_steps=3000",
+                                "pretrain.ckpt_every=5000", "pretrain.eval_every=5000", "pretrain.log_every=5")  # fmt: skip
     log = tmp_path / "first.log"
-    with open(log, "w") as out:
-        first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
-    _sigterm_once_training(tmp_path, first, log)
+    first = start(cmd, env, log)
+    tree = signal_once_logged(tmp_path, first, log, "pretrain", "train/loss")
+    wait_for_line(first, log, "stop requested:")  # in the grace period, waiting for the ranks
+    first.send_signal(signal.SIGTERM)
     first.wait(timeout=120)
-    assert first.returncode == -signal.SIGTERM, log.read_text()[-3000:]
-    time.sleep(1)
-    assert _leftovers(tmp_path) == []  # the launcher and both ranks included
-    status = {r.data.tags.get("stage", "pipeline"): r.info.status for r in _runs(tmp_path)}
-    assert status == {"pipeline": "KILLED", "pretrain": "KILLED"}
+    text = log.read_text()
+    assert first.returncode == -signal.SIGTERM, text[-3000:]
+    assert "stop: SIGTERM again" in text, text[-3000:]  # the second signal landed while it waited for the ranks
+    assert no_leftovers(tmp_path, tree) == []  # the launcher and both ranks included
+    assert statuses(tmp_path) == {"pipeline": "KILLED", "pretrain": "KILLED"}

@@ -22,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 
 from thinkflow import shutdown
@@ -142,12 +141,16 @@ def launch(stage: str, config: dict, run_id: str, parent_run_id: str, upstream: 
         # launcher and every rank it started, and nothing of the stage outlives the pipeline
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 start_new_session=True)  # fmt: skip
-        with shutdown.on_stop(f"{stage} on {tc.world_size} processes", now=partial(_signal_group, proc, signal.SIGTERM),
-                              last=partial(_signal_group, proc, signal.SIGKILL)):  # fmt: skip
-            for line in proc.stdout:  # echo rank output live (progress) and keep it on disk
-                sys.stdout.write(line)
-                log.write(line)
-            rc = proc.wait()
+        procs = _StageProcesses(proc, tc, spec)
+        with shutdown.on_stop(f"{stage} on {tc.world_size} processes", now=procs.term, last=procs.kill):
+            try:
+                for line in proc.stdout:  # echo rank output live (progress) and keep it on disk
+                    sys.stdout.write(line)
+                    log.write(line)
+                rc = proc.wait()
+            finally:
+                if shutdown.requested():  # the launcher ended on a stop: nothing of the stage stays, on any node
+                    procs.kill()
     if rc != 0 or not result_path.exists():
         lines = log_path.read_text(errors="replace").splitlines()
         raise LaunchError(
@@ -157,6 +160,60 @@ def launch(stage: str, config: dict, run_id: str, parent_run_id: str, upstream: 
     return json.loads(result_path.read_text())
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # already gone
-        os.killpg(proc.pid, sig)
+class _StageProcesses:
+    """What a launch started, for a pipeline stop (``thinkflow.shutdown``): the launcher's process group, every
+    process the launcher started (torchrun puts each rank in a session of its own, out of the group's reach, and a
+    rank whose launcher has died is no longer its descendant), and with pdsh the node agents and ranks on every
+    host, which are children of that host's sshd."""
+
+    def __init__(self, proc: subprocess.Popen, tc: TrainerConfig, spec: Path) -> None:
+        self.proc, self.tc, self.spec = proc, tc, spec
+        self.seen: list = []  # psutil.Process of each process the launcher started, as the stop found them
+        pdsh = tc.hostfile and tc.num_nodes > 1 and tc.launcher == "deepspeed" and tc.multinode_runner == "pdsh"
+        self.hosts = read_hostfile(tc.hostfile, tc.num_nodes, tc.devices) if pdsh else []
+
+    def _find(self) -> None:
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            self.seen.extend(psutil.Process(self.proc.pid).children(recursive=True))
+
+    def term(self) -> None:
+        """At the stop request: SIGTERM to the launcher's group (a launcher passes it on to its ranks)."""
+        self._find()
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """After the grace period, or once the launcher has ended on a stop: SIGKILL to all of it."""
+        import psutil
+
+        self._find()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for p in self.seen:
+            with contextlib.suppress(psutil.Error):  # gone (psutil also refuses a pid that was reused)
+                p.kill()
+        if self.hosts:
+            kill_on_hosts(self.hosts, self.tc.ssh_port, cmdline_pattern(self.spec))
+
+
+def cmdline_pattern(spec: Path) -> str:
+    """A ``pkill -f`` pattern (POSIX extended regex) for the processes of one launch, whose command lines carry
+    its spec path; it does not match itself, so the remote shell running the ``pkill`` survives it."""
+    path = re.sub(r"([\\.^$|?*+()\[\]{}])", r"\\\1", str(spec.parent))
+    return f"{path}/[l]aunch\\.json"
+
+
+def kill_on_hosts(hosts: list[str], ssh_port: int | None, pattern: str) -> None:
+    """SIGKILL, through pdsh, every process on ``hosts`` whose command line matches ``pattern``. DeepSpeed's
+    launcher runs a ``pkill`` of its own on SIGTERM, but it matches any DeepSpeed node agent of this Python on the
+    host (other jobs' too), and in tests/flows/test_multinode.py it left node agents and ranks running."""
+    env = os.environ | {"PDSH_RCMD_TYPE": "ssh"}
+    if ssh_port:
+        env["PDSH_SSH_ARGS_APPEND"] = f"{env.get('PDSH_SSH_ARGS_APPEND', '')} -p {ssh_port}"
+    cmd = ["pdsh", "-S", "-w", ",".join(hosts), f"pkill -KILL -f {shlex.quote(pattern)}"]
+    try:  # pkill exits 1 where nothing matched: the status says nothing here
+        subprocess.run(cmd, env=env, capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        print(f"stop: could not end the stage's processes on {', '.join(hosts)}: {type(err).__name__}: {err}")
