@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import compose
+from tests.stopping import no_leftovers, pipeline_command, signal_when, start, statuses
 from thinkflow.config import ConfigError, validate
 from thinkflow.rl.actors import tensor_bytes, too_stale, transfer_delay, truncated_is_weights
 from thinkflow.rl.objectives import ObjectiveConfig, policy_loss
@@ -146,3 +147,27 @@ def test_async_rl_survives_a_killed_actor_and_a_killed_learner(tmp_path):
     assert all(m.value > 0 for m in history("dist/bytes_per_step"))
     assert {"dist/learner_idle_frac", "dist/is_weight_mean", "rl/val_pass_at_1"} <= set(resumed.data.metrics)
     assert resumed.data.metrics["profile/rollout/tokens_generated"] > 0  # the actors' compute, in the profile
+
+
+@pytest.mark.slow
+def test_sigterm_during_async_rl_ends_the_runs_killed_and_every_ray_process(tmp_path):
+    """SIGTERM once the learner has its 2 Ray actors, whose first batch takes >= 2 minutes (a 60 s link each way):
+    the learner cannot reach a step boundary within the grace period, so the stop kills the actors from the main
+    thread while the learner waits; that ends the learner, whose stage shuts down the local Ray it started (GCS,
+    raylet, agents, workers); the runs end KILLED and the process exits as killed by SIGTERM in seconds, not
+    minutes. The grace period is longer than 3 s: Ray's failure signal handler, left in place, aborted the process
+    3 s after a SIGTERM."""
+    shared = ("experiment=tiny", "trainer.progress_bar=false")  # pipeline_command sets them
+    slow_link = [o for o in ASYNC if o not in shared]
+    cmd, env = pipeline_command(tmp_path, *slow_link, "rl.actors.link.latency_s=60", "stop_grace_s=4")
+    log = tmp_path / "first.log"
+    first = start(cmd, env, log)
+    actors_up = lambda: any((tmp_path / "mlruns" / "work" / "rl").glob("*/actors.json"))  # noqa: E731
+    tree = signal_when(first, log, actors_up, "rollout actors")
+    first.wait(timeout=60)
+    text = log.read_text()
+    assert first.returncode == -signal.SIGTERM, text[-3000:]
+    assert "rl: stopped; the rollout actors were ended" in text, text[-3000:]
+    assert {"gcs_server", "raylet"} <= {p.info["name"] for p in tree}  # Ray's processes are in the tree checked here
+    assert no_leftovers(tmp_path, tree) == []
+    assert statuses(tmp_path) == {"pipeline": "KILLED", "pretrain": "FINISHED", "rl": "KILLED"}

@@ -15,6 +15,11 @@ the learner's side of it.
 - Faults: an actor that dies is restarted by Ray (``max_restarts=-1``); its in-flight batch is lost
   (counted) and the learner goes on with the others. The learner's state is Lightning's checkpoint;
   a resumed learner starts new actors, which fetch its weights before their first batch.
+- Stops (SIGTERM / Ctrl-C, ``thinkflow.shutdown``): the learner saves at its next step and the stage
+  closes the actors; if the grace period ends first (an RL step can take longer), the stop kills the
+  actors from the main thread, which ends the learner's wait on a batch, and the stage ends. Closing
+  kills the actors and, when the stage started a local Ray, shuts it down and kills what Ray leaves
+  behind (its agents outlive the raylet by a minute), so no Ray process outlives the pipeline.
 
 Off-policy correction happens in the learner (``GRPOModule._learn``): truncated importance weights
 ``min(pi_learner / pi_behaviour, is_cap)`` per token, with the PPO ratio taken against the learner's
@@ -23,16 +28,20 @@ policy at the start of the update (decoupled PPO).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import torch
 
-from thinkflow.config import ActorsConfig, ConfigError, RLConfig
+from thinkflow import shutdown
+from thinkflow.config import ActorsConfig, ConfigError, RLConfig, TaskConfig
 from thinkflow.tracking import write_json
 
 
@@ -62,6 +71,10 @@ def too_stale(batch_version: int, learner_version: int, max_staleness: int) -> b
 
 def connect(address: str | None, num_cpus: int) -> bool:
     """Join (or start, when ``address`` is None) a Ray cluster; True if this call started Ray."""
+    # Ray's failure signal handler (abseil) in this process would catch a SIGTERM and abort the process 3 s later
+    # (abseil's alarm_on_failure_secs), whatever it is doing then: a pipeline stop (thinkflow.shutdown) takes longer,
+    # as it ends the runs and Ray itself. Read when ray is first imported.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     try:
         import ray
     except ImportError:
@@ -91,7 +104,6 @@ class RolloutWorker:
         from thinkflow.models import load_checkpoint
         from thinkflow.rl.objectives import ObjectiveConfig
         from thinkflow.rl.rewards import RewardConfig
-        from thinkflow.tasks import build_task
 
         torch.set_num_threads(threads)
         self.index, self.seed, self.problems = index, seed, problems
@@ -99,7 +111,7 @@ class RolloutWorker:
         self.model, self.tokenizer = load_checkpoint(checkpoint)
         self.model.eval().requires_grad_(False)
         self.engine = HFEngine(self.model, self.tokenizer)
-        self.task = build_task(**task)
+        self.task = TaskConfig(**task).build()  # the stage's task config (less n_test), built as the stage builds it
         self.reward = RewardConfig(self.rl.reward.correct_weight, self.rl.reward.format_weight)
         rl_ = self.rl
         self.objective = ObjectiveConfig(
@@ -168,14 +180,9 @@ class AsyncExperience:
     def __init__(self, cfg: ActorsConfig, rl: RLConfig, checkpoint: str, task: dict, problems: list, seed: int,
                  work: Path) -> None:  # fmt: skip
         self.cfg, self.work = cfg, Path(work)
-        self.started_ray = connect(cfg.address, max(os.cpu_count() or 1, cfg.num_actors * cfg.threads))
-        import ray
-
-        remote = ray.remote(RolloutWorker).options(max_restarts=-1, max_task_retries=0, num_cpus=cfg.threads)
-        # held for the stage's lifetime: a restarted actor is constructed again from these arguments
-        self.problems_ref = ray.put(problems)
-        self.actors = [remote.remote(i, checkpoint, task, rl.model_dump(), self.problems_ref, seed, cfg.threads)
-                       for i in range(cfg.num_actors)]  # fmt: skip
+        self.actors: list = []
+        self.closed, self._lock = False, threading.Lock()  # the lock: no task is submitted once closed
+        self._shut = False  # close() has run
         self.version, self.next_index = 0, 0
         self.weights = None
         self.inflight: dict = {}  # object ref -> actor index
@@ -184,6 +191,27 @@ class AsyncExperience:
         self.restarts = self.lost = self.dropped = 0
         self.stats = StepStats()
         self.pids: dict[int, int] = {}
+        before = {p.pid for p in psutil.Process().children()}
+        self.started_ray = connect(cfg.address, max(os.cpu_count() or 1, cfg.num_actors * cfg.threads))
+        # the processes ray.init started here (GCS, raylet, ...; their children come later): ended by close
+        self.ray_processes = [p for p in psutil.Process().children() if p.pid not in before] if self.started_ray else []
+        self._stop_hook = shutdown.register("Ray rollout actors", last=self.end_actors)
+        try:
+            self._start(rl, checkpoint, task, problems, seed)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, rl: RLConfig, checkpoint: str, task: dict, problems: list, seed: int) -> None:
+        import ray
+
+        remote = ray.remote(RolloutWorker).options(max_restarts=-1, max_task_retries=0, num_cpus=self.cfg.threads)
+        # held for the stage's lifetime: a restarted actor is constructed again from these arguments
+        self.problems_ref = ray.put(problems)
+        with self._lock:
+            self._check_open()
+            self.actors = [remote.remote(i, checkpoint, task, rl.model_dump(), self.problems_ref, seed, self.cfg.threads)
+                           for i in range(self.cfg.num_actors)]  # fmt: skip
         self._record_pids()
 
     # -- weights ------------------------------------------------------------------------------
@@ -195,8 +223,16 @@ class AsyncExperience:
         self.weights = ray.put({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
 
     # -- experience ---------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        """Call with the lock held, before anything that submits to Ray: once closed, a submission would start
+        a new local Ray (Ray's auto-init)."""
+        if self.closed:
+            raise shutdown.StopRequested("rl: stopped; the rollout actors were ended")
+
     def _submit(self, actor: int) -> None:
-        ref = self.actors[actor].rollout.remote(self.next_index, self.version, [self.weights])
+        with self._lock:
+            self._check_open()
+            ref = self.actors[actor].rollout.remote(self.next_index, self.version, [self.weights])
         self.next_index += 1
         self.inflight[ref] = actor
 
@@ -208,7 +244,9 @@ class AsyncExperience:
 
     def _probe(self, actor: int) -> None:
         """Ask a dead actor for its pid: answered once Ray has restarted it."""
-        self.probes[self.actors[actor].pid.remote()] = actor
+        with self._lock:
+            self._check_open()
+            self.probes[self.actors[actor].pid.remote()] = actor
 
     def _probe_answered(self, ref) -> None:
         import ray
@@ -253,6 +291,8 @@ class AsyncExperience:
             try:
                 out = ray.get(ready[0])
             except ray.exceptions.RayActorError as err:  # the actor died: Ray restarts it
+                with self._lock:
+                    self._check_open()  # or a stop ended it
                 self.lost += 1
                 self.down.add(actor)
                 self._probe(actor)
@@ -316,13 +356,43 @@ class AsyncExperience:
         self.restarts, self.lost, self.dropped = state.get("restarts", 0), state.get("lost", 0), state.get("dropped", 0)
         self.weights = None  # republished from the restored learner on the next batch
 
-    def close(self) -> None:
+    def end_actors(self) -> None:
+        """A stop whose grace period ended with the learner still in the stage (the main thread calls this): kill
+        the actors, which ends the learner's wait on them; it then ends the stage, whose ``close`` shuts Ray down
+        in the learner's thread (``ray.shutdown`` from another thread, the learner in a Ray call, aborted the
+        process). No task is submitted after this."""
         import ray
 
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
         for actor in self.actors:
-            ray.kill(actor, no_restart=True)
+            with contextlib.suppress(Exception):  # already dead
+                ray.kill(actor, no_restart=True)
+
+    def close(self) -> None:
+        """Kill the actors and, if this stage started Ray, shut it down with every process it ran (from the stage's
+        thread as it ends)."""
+        import ray
+
+        with self._lock:
+            if self._shut:
+                return
+            self.closed = self._shut = True
+        shutdown.unregister(self._stop_hook)
+        ray_tree = []  # found before the shutdown: once the raylet is gone, its children are no longer below it
+        for p in self.ray_processes:
+            with contextlib.suppress(psutil.Error):
+                ray_tree += [p, *p.children(recursive=True)]
+        for actor in self.actors:
+            with contextlib.suppress(Exception):  # already dead
+                ray.kill(actor, no_restart=True)
         if self.started_ray:
             ray.shutdown()
+        for p in ray_tree:  # Ray's dashboard and runtime-env agents outlive its shutdown by a minute
+            with contextlib.suppress(psutil.Error):  # gone (psutil also refuses a pid that was reused)
+                p.kill()
 
 
 def truncated_is_weights(logp_learner: torch.Tensor, logp_behaviour: torch.Tensor, mask: torch.Tensor,
