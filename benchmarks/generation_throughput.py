@@ -165,9 +165,9 @@ def prefix_sharing(n: int = 16, prompts_count: int = 16, new_tokens: int = 32) -
 
 def kv_section() -> str:
     """KV-cache bytes per token, analytic vs the cache tensors actually allocated."""
-    from thinkflow.inference.kv import kv_bytes_per_token
     from thinkflow.inference.llama_fast import FastLlama
     from thinkflow.models import build_model_and_tokenizer
+    from thinkflow.models.kv import kv_bytes_per_token
 
     cfg = {k: v for k, v in compose()["model"].items()}
     rows = []

@@ -16,7 +16,8 @@ from thinkflow.config import PipelineConfig, validate
 from thinkflow.distributed import world_size
 from thinkflow.distributed.launch import launch
 from thinkflow.pretrain.stage import run_pretrain
-from thinkflow.profile import PeakMemory, pipeline_profile, stage_ledger, stage_metrics
+from thinkflow.profile.ledger import PeakMemory, stage_ledger
+from thinkflow.profile.pipeline import pipeline_profile, stage_metrics
 from thinkflow.rl.stage import run_rl
 from thinkflow.stages import StageContext
 from thinkflow.tracking import (

@@ -3,9 +3,9 @@ import torch
 
 from thinkflow.inference import GenerationError, HFEngine, SamplingParams
 from thinkflow.inference.budget import generate_with_budget
-from thinkflow.inference.kv import kv_bytes_per_token
 from thinkflow.inference.llama_fast import FastLlama
 from thinkflow.models import build_model_and_tokenizer
+from thinkflow.models.kv import kv_bytes_per_token
 
 TINY = dict(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=128)
 PROMPTS = ["0347*6=", "1234*5="]

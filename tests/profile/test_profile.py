@@ -88,7 +88,7 @@ def test_machine_probe_is_measured_once_and_cached(tmp_path):
 
 
 def test_roofline_points_of_a_model_are_measured_and_consistent():
-    from thinkflow.inference.kv import kv_bytes_per_token
+    from thinkflow.models.kv import kv_bytes_per_token
     from thinkflow.profile.kernels import measure_model
 
     model, tokenizer = build_model_and_tokenizer(CONFIGS["gqa"])

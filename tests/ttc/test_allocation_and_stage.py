@@ -6,8 +6,8 @@ import pytest
 
 from tests.conftest import ROOT, compose
 from thinkflow.config import ConfigError, validate
+from thinkflow.scaling.curves import per_problem
 from thinkflow.ttc.allocation import compute_optimal, compute_saving, difficulty_bins
-from thinkflow.ttc.curves import per_problem
 
 
 def test_compute_optimal_picks_the_right_strategy_per_bin():

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thinkflow.ttc.estimators import EstimatorError, best_of_k, bootstrap_ci, pass_at_k, vote_at_k
+from thinkflow.scaling.estimators import EstimatorError, best_of_k, bootstrap_ci, pass_at_k, vote_at_k
 
 
 def brute(n: int, k: int, value) -> float:
@@ -104,7 +104,7 @@ def test_bootstrap_ci_covers_the_true_mean_about_95_percent():
 def test_flops_match_a_hand_computation():
     from types import SimpleNamespace
 
-    from thinkflow.ttc.flops import FlopModel
+    from thinkflow.models.flops import FlopModel
 
     cfg = SimpleNamespace(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                           intermediate_size=512, vocab_size=100, head_dim=None)  # fmt: skip
@@ -119,7 +119,7 @@ def test_flops_match_a_hand_computation():
 
 
 def test_batched_votes_agree_with_the_per_problem_enumeration():
-    from thinkflow.ttc.estimators import vote_at_k_batch
+    from thinkflow.scaling.estimators import vote_at_k_batch
 
     rng = np.random.default_rng(3)
     p, n, ks = 6, 9, [1, 2, 3, 5, 9]

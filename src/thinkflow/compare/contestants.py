@@ -30,9 +30,9 @@ from thinkflow.config import APIConfig, ContestantConfig
 from thinkflow.inference import Sample, SamplingParams, open_engine
 from thinkflow.inference.hf import HFEngine
 from thinkflow.models import CheckpointError, n_params
+from thinkflow.models.flops import FlopModel
 from thinkflow.tasks import Problem, Task
 from thinkflow.tracking import STAGE_TAG, Tracker
-from thinkflow.ttc.flops import FlopModel
 
 
 class Skip(Exception):

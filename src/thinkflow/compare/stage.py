@@ -5,7 +5,7 @@
 
 Every contestant answers the same held-out problems (same prompts up to the form its interface
 needs, same answer extraction and verification): greedy, and ``max(ks)`` samples at
-``temperature`` scored as pass@k and maj@k for every k (``ttc.curves``), plus thinking budgets on
+``temperature`` scored as pass@k and maj@k for every k (``scaling.curves``), plus thinking budgets on
 local backends. Cost per problem: API prices x reported token usage; for local models measured
 seconds x ``usd_per_hour``. FLOPs from the architecture (local) or ~2 x ``n_params`` per token.
 
@@ -33,12 +33,12 @@ from thinkflow.envs import with_env
 from thinkflow.evaluation import breakdown, breakdown_metrics
 from thinkflow.inference import GenerationError, SamplingParams
 from thinkflow.models import CheckpointError
+from thinkflow.scaling.curves import curve_points, per_problem, problem_compute
+from thinkflow.scaling.estimators import bootstrap_ci
+from thinkflow.scaling.sequential import budget_points
+from thinkflow.scaling.table import sample_rows
 from thinkflow.stages import StageContext, config_key, stage_work_dir
 from thinkflow.tracking import FLOW_RUN_TAG, STAGE_TAG, write_json
-from thinkflow.ttc.curves import curve_points, per_problem, problem_compute
-from thinkflow.ttc.estimators import bootstrap_ci
-from thinkflow.ttc.sequential import budget_points
-from thinkflow.ttc.table import sample_rows
 
 CONTESTANT_TAG = "contestant"
 log = logging.getLogger("thinkflow.compare")

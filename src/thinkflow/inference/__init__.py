@@ -2,7 +2,7 @@
 
 ``hf`` runs in-process (a lean Llama path with a preallocated KV cache, or any HF causal LM);
 ``vllm`` is a server in its own venv. ``budget`` adds s1-style thinking budgets on top of
-either; ``kv`` accounts KV-cache bytes per token.
+either. KV-cache bytes per token are a property of the model (``thinkflow.models.kv``).
 """
 
 from thinkflow.inference.factory import BACKENDS, open_engine

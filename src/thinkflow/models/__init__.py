@@ -1,4 +1,5 @@
-"""Model and tokenizer construction, HF-format checkpoints."""
+"""Model and tokenizer construction, HF-format checkpoints, and the analytic cost of a decoder config:
+FLOPs per token (``flops``) and KV-cache bytes per token (``kv``)."""
 
 from thinkflow.models.build import (
     CheckpointError,

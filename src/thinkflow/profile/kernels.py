@@ -16,9 +16,9 @@ import torch
 
 from thinkflow.inference import SamplingParams
 from thinkflow.inference.hf import HFEngine
-from thinkflow.inference.kv import kv_bytes_per_token
+from thinkflow.models.flops import FlopModel
+from thinkflow.models.kv import kv_bytes_per_token
 from thinkflow.profile.ledger import generation_totals, training_totals, weight_bytes
-from thinkflow.ttc.flops import FlopModel
 
 DECODE_TOKENS = 32
 

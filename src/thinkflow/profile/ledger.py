@@ -3,7 +3,7 @@
 The runner opens a ``Ledger`` around each stage (``stage_ledger``); whatever generates or trains
 inside it records into it: every ``HFEngine`` / ``VLLMEngine`` generation call (``record_generation``,
 phase ``eval`` unless a ``phase("rollout")`` block says otherwise) and the training loops
-(``record_training``, phase ``train`` / ``learn``). FLOPs are analytic (``ttc.flops.FlopModel``:
+(``record_training``, phase ``train`` / ``learn``). FLOPs are analytic (``models.flops.FlopModel``:
 2 x matmul params per token plus attention over the keys each token sees; training = 3 x forward).
 Bytes are analytic too: the weights read once per forward step (decode reads them once per step
 for the whole batch), the KV cache read by each decoded token, and for training the weights read
@@ -21,7 +21,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
-from thinkflow.ttc.flops import FlopModel
+from thinkflow.distributed.ranks import all_sum
+from thinkflow.models.flops import FlopModel
+from thinkflow.models.kv import kv_bytes_per_token
 
 ELEM_BYTES = 4  # fp32 weights and cache on CPU; the GPU presets halve this (bf16): bytes are an estimate
 PHASES = ("train", "rollout", "learn", "eval")  # what compute is booked under
@@ -56,8 +58,6 @@ class Ledger:
     def reduce(self) -> Ledger:
         """Summed over ranks (every rank must call it; identity on one process). Wall seconds stay this
         rank's: ranks run side by side."""
-        from thinkflow.distributed import all_sum
-
         keys = [k for k in asdict(PhaseTotals()) if k != "wall_s"]
         unknown = set(self.phases) - set(PHASES)
         if unknown:
@@ -116,8 +116,6 @@ def weight_bytes(flop_model: FlopModel) -> float:
 def generation_totals(config, prompt_lens: list[int], gen_lens: list[list[int]], seconds: float) -> PhaseTotals:
     """One generation call: per prompt its length and its samples' generated lengths (the prompt is
     prefilled once and shared by its samples, as the engines do)."""
-    from thinkflow.inference.kv import kv_bytes_per_token  # the engines import this module
-
     fm, kv = FlopModel.from_config(config), kv_bytes_per_token(config)
     flops = bytes_ = 0.0
     for p, gens in zip(prompt_lens, gen_lens, strict=True):

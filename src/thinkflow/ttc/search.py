@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from thinkflow.inference import SamplingParams
+from thinkflow.models.flops import FlopModel
+from thinkflow.scaling.estimators import bootstrap_ci
 from thinkflow.tasks import Problem, Task
-from thinkflow.ttc.estimators import bootstrap_ci
-from thinkflow.ttc.flops import FlopModel
 
 
 def supports_search(task: Task) -> bool:

@@ -24,15 +24,15 @@ from thinkflow.config import ConfigError, PipelineConfig
 from thinkflow.envs import EnvTask, transcripts_markdown
 from thinkflow.evaluation import breakdown, breakdown_markdown, breakdown_metrics
 from thinkflow.inference import open_engine
+from thinkflow.models.flops import FlopModel
+from thinkflow.scaling.curves import VERIFIER_SCORED, curve_points, per_problem, problem_compute
+from thinkflow.scaling.sequential import BUDGET_COLUMNS, budget_points
+from thinkflow.scaling.table import sample_table
 from thinkflow.stages import StageContext, config_key, stage_work_dir
 from thinkflow.tracking import write_json
 from thinkflow.ttc.allocation import compute_optimal, compute_saving, difficulty_bins
-from thinkflow.ttc.curves import VERIFIER_SCORED, curve_points, per_problem, problem_compute
-from thinkflow.ttc.flops import FlopModel
 from thinkflow.ttc.plots import accuracy_vs, budget_plot
 from thinkflow.ttc.search import search_points, supports_search
-from thinkflow.ttc.sequential import BUDGET_COLUMNS, budget_points
-from thinkflow.ttc.table import sample_table
 from thinkflow.ttc.verifier import LearnedVerifier, sample_stats
 
 

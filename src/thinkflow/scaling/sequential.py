@@ -7,9 +7,9 @@ import pandas as pd
 
 from thinkflow.inference import SamplingParams
 from thinkflow.inference.budget import generate_with_budget
+from thinkflow.models.flops import FlopModel
+from thinkflow.scaling.estimators import bootstrap_ci
 from thinkflow.tasks import Problem, Task
-from thinkflow.ttc.estimators import bootstrap_ci
-from thinkflow.ttc.flops import FlopModel
 
 BUDGET_COLUMNS = ("checkpoint", "strategy", "knob", "accuracy", "ci_low", "ci_high", "n_problems", "n_samples",
                   "thinking_tokens", "gen_tokens", "flops", "extensions")  # fmt: skip

@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from thinkflow.ttc.estimators import EstimatorError, best_of_k, bootstrap_cis, pass_at_k, vote_at_k_batch
-from thinkflow.ttc.flops import FlopModel
+from thinkflow.models.flops import FlopModel
+from thinkflow.scaling.estimators import EstimatorError, best_of_k, bootstrap_cis, pass_at_k, vote_at_k_batch
 
 STRATEGIES = ("pass", "maj", "bon", "bon_logprob", "weighted_maj", "weighted_maj_logprob")
 VERIFIER_SCORED = ("bon", "weighted_maj")
