@@ -34,11 +34,11 @@ MODELS = {
 
 
 def _setup(model_name: str):
+    from thinkflow.catalog import build_task
     from thinkflow.config import validate
     from thinkflow.models import build_model_and_tokenizer, load_checkpoint
     from thinkflow.pretrain.stage import pretrain_section
     from thinkflow.stages import config_key
-    from thinkflow.tasks import build_task
 
     cfg = validate({k: v for k, v in compose().items() if k != "hydra"})
     ckpt = Path(cfg.paths.work_dir).resolve() / "pretrain" / config_key(pretrain_section(cfg)) / "hf"

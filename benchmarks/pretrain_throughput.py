@@ -18,12 +18,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.common import compose, machine_line, write_section
+from thinkflow.catalog import build_task
 from thinkflow.config import validate
 from thinkflow.models import build_model_and_tokenizer, n_params
 from thinkflow.pretrain.data import collate, encode_examples
 from thinkflow.pretrain.module import CausalLMModule
 from thinkflow.profile.probe import machine_peaks
-from thinkflow.tasks import build_task
 
 
 def make_batches(cfg, tokenizer, steps: int) -> list[dict]:

@@ -30,7 +30,8 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from thinkflow.tasks import Problem, Task, build_task
+from thinkflow.catalog import build_task
+from thinkflow.tasks import Problem, Task
 
 PROMPTS_PER_STEP = 16  # rl.prompts_per_step
 GROUP_SIZE = 8  # rl.group_size

@@ -15,11 +15,11 @@ import time
 
 from benchmarks.common import compose, machine_line, write_section
 from benchmarks.rl_step import pretrained_checkpoint
+from thinkflow.catalog import build_task
 from thinkflow.config import validate
 from thinkflow.inference import open_engine
 from thinkflow.models.flops import FlopModel
 from thinkflow.scaling.table import sample_table
-from thinkflow.tasks import build_task
 from thinkflow.ttc.stage import score_all
 from thinkflow.ttc.verifier import LearnedVerifier, sample_stats
 

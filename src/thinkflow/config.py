@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from thinkflow.tasks import TASKS, build_task
+from thinkflow.catalog import TASKS, build_task
 
 
 class ConfigError(ValueError):
@@ -69,7 +69,7 @@ class TaskConfig(_Strict):
     decontaminate: DecontaminationConfig
 
     def build(self):
-        """The task this config names (``tasks.build_task``)."""
+        """The task this config names (``catalog.build_task``)."""
         options = {"shots": self.shots, "thinking": self.thinking, "timeout_s": self.check_timeout_s}
         return build_task(self.name, self.difficulty, self.source, self.env.model_dump(), options)
 

@@ -10,6 +10,7 @@ import torch
 from tests.conftest import compose
 from tests.inference.test_backends import TINY as VLLM_TINY
 from tests.inference.test_backends import _vllm_available
+from thinkflow.catalog import build_task
 from thinkflow.config import validate
 from thinkflow.envs import EnvEngine, env_metrics, sample_verdict, with_env
 from thinkflow.envs.calculator import ToolArithmetic, calculate, replay
@@ -21,7 +22,6 @@ from thinkflow.pretrain.data import IGNORE, encode_examples
 from thinkflow.rl.objectives import ObjectiveConfig
 from thinkflow.rl.rewards import RewardConfig
 from thinkflow.rl.rollout import build_batch, collect
-from thinkflow.tasks import build_task
 from thinkflow.tasks.expr import ExprError
 
 TINY = dict(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, d_ff=64, max_seq_len=128)

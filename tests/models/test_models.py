@@ -2,9 +2,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from thinkflow.catalog import build_task
 from thinkflow.models import CheckpointError, build_char_tokenizer, build_model_and_tokenizer, load_checkpoint
 from thinkflow.models.tokenizer import ALPHABET, BOS_ID
-from thinkflow.tasks import build_task
 
 TINY = dict(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=64)
 

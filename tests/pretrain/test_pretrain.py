@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, compose
+from thinkflow.catalog import build_task
 from thinkflow.config import ConfigError, validate
 from thinkflow.models import CheckpointError, build_char_tokenizer
 from thinkflow.pretrain.data import IGNORE, collate, encode_examples
@@ -16,7 +17,6 @@ from thinkflow.pretrain.module import warmup_cosine
 from thinkflow.pretrain.stage import pretrain_section
 from thinkflow.runner import run_stage, start_pipeline_run
 from thinkflow.stages import stage_work_dir
-from thinkflow.tasks import build_task
 
 
 def test_warmup_cosine_schedule():

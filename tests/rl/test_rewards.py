@@ -2,8 +2,8 @@ import math
 
 import pytest
 
+from thinkflow.catalog import build_task
 from thinkflow.rl.rewards import RewardConfig, score, well_formed
-from thinkflow.tasks import build_task
 
 
 @pytest.fixture

@@ -31,8 +31,8 @@ def test_learner_logprobs_equal_the_behaviour_logprobs_of_the_same_weights():
 
 
 def test_collect_rewards_groups_and_dynamic_sampling():
+    from thinkflow.catalog import build_task
     from thinkflow.rl.rewards import RewardConfig
-    from thinkflow.tasks import build_task
 
     model, tok = build_model_and_tokenizer(TINY, seed=5)
     engine = HFEngine(model, tok)

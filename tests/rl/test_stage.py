@@ -132,10 +132,10 @@ def test_missing_or_too_short_checkpoint_context(pretrained, tmp_path):
 
 
 def test_beta_without_a_reference_model_is_refused(pretrained, tmp_path):
+    from thinkflow.catalog import build_task
     from thinkflow.models import load_checkpoint
     from thinkflow.rl.learner import GRPOModule
     from thinkflow.rl.sync import InProcessPolicy
-    from thinkflow.tasks import build_task
 
     model, tok = load_checkpoint(pretrained)
     rl = validate(rl_config(tmp_path, pretrained, ["rl.beta=0.1"])).rl

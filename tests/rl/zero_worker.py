@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from thinkflow.catalog import build_task
 from thinkflow.config import validate
 from thinkflow.distributed import close_process_group, global_rank, world_size
 from thinkflow.distributed.strategy import build_strategy
@@ -27,7 +28,6 @@ from thinkflow.rl.learner import GRPOModule
 from thinkflow.rl.objectives import group_advantages
 from thinkflow.rl.rollout import Rollouts, build_batch
 from thinkflow.rl.sync import InProcessPolicy
-from thinkflow.tasks import build_task
 
 GROUPS, G, STEPS = 4, 4, 3
 MODEL = dict(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=64)

@@ -7,9 +7,10 @@ from collections import Counter
 import pytest
 
 from tests.conftest import ROOT, compose
+from thinkflow.catalog import build_task
 from thinkflow.config import ConfigError, validate
 from thinkflow.stages import StageContext, training_problems
-from thinkflow.tasks import GSM8K, MATH500, TaskError, build_task
+from thinkflow.tasks import GSM8K, MATH500, TaskError
 from thinkflow.tasks.base import Problem
 from thinkflow.tracking import Tracker
 

@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from thinkflow.tasks import GSM8K, Addition, Countdown, TaskError, build_task
+from thinkflow.catalog import build_task
+from thinkflow.tasks import GSM8K, Addition, Countdown, TaskError
 from thinkflow.tasks.countdown import ExprError, parse_expression
 
 
