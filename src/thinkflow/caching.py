@@ -18,6 +18,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
+from thinkflow import liveness, shutdown
+from thinkflow.tracking import resolve_uri
+
 STAGE_INPUTS = {
     "pretrain": ("task", "model", "pretrain", "trainer", "seed"),
     "rl": ("task", "model", "rl", "trainer", "seed"),
@@ -40,8 +45,6 @@ def code_version() -> str:
 
 
 def stage_identity(name: str, config: dict, upstream: dict) -> dict:
-    from thinkflow.tracking import resolve_uri
-
     sections = {key: config.get(key) for key in STAGE_INPUTS[name]}
     # where results live, made absolute: `paths.root=.` in two checkouts are two different stores
     root = Path(config["paths"]["root"]).resolve()
@@ -73,10 +76,6 @@ def stage_lock(name: str, identity: dict, work_dir: str | Path) -> Iterator[Path
     the lock file's path. Keyed on the identity without the code version: stage work dirs are keyed on config
     alone, so pipelines running different code must take turns too (the second then recomputes, not reuses).
     A stop (SIGTERM, Ctrl-C) keeps it until ``shutdown.stop`` has let the stage save its checkpoint."""
-    from filelock import FileLock, Timeout
-
-    from thinkflow import liveness, shutdown
-
     key = identity_key({k: v for k, v in identity.items() if k != "code"})
     path = Path(work_dir).resolve() / "locks" / f"{name}-{key[:16]}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,10 +13,10 @@ from thinkflow.catalog import build_task
 from thinkflow.config import ConfigError, validate
 from thinkflow.models import CheckpointError, build_char_tokenizer
 from thinkflow.pretrain.data import IGNORE, collate, encode_examples
-from thinkflow.pretrain.module import warmup_cosine
 from thinkflow.pretrain.stage import pretrain_section
 from thinkflow.runner import run_stage, start_pipeline_run
 from thinkflow.stages import stage_work_dir
+from thinkflow.training import warmup_cosine
 
 
 def test_warmup_cosine_schedule():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from thinkflow.inference.hf import HFEngine
 from thinkflow.inference.types import GenerationError
+from thinkflow.models import load_checkpoint
 
 BACKENDS = ("hf", "vllm")
 
@@ -17,8 +18,6 @@ def open_engine(backend: str, model_dir: str | Path, vllm_python: str | None = N
     """``hf``: in-process; ``vllm``: a server started for the block and stopped after it."""
     if backend not in BACKENDS:
         raise GenerationError(f"unknown inference backend {backend!r}; known backends: {', '.join(BACKENDS)}")
-    from thinkflow.models import load_checkpoint
-
     if backend == "hf":
         model, tokenizer = load_checkpoint(model_dir)
         yield HFEngine(model, tokenizer)

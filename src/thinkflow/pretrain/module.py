@@ -3,7 +3,6 @@ periodic held-out greedy accuracy through the inference engine."""
 
 from __future__ import annotations
 
-import math
 import time
 
 import pytorch_lightning as pl
@@ -14,14 +13,7 @@ from thinkflow.evaluation import greedy_accuracy
 from thinkflow.inference import HFEngine
 from thinkflow.profile.ledger import record_training
 from thinkflow.tasks import Problem, Task
-
-
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """LR multiplier: linear warm-up to 1, cosine decay to ``min_ratio`` at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+from thinkflow.training import warmup_cosine
 
 
 class CausalLMModule(pl.LightningModule):

@@ -25,13 +25,12 @@ from thinkflow.config import RLConfig
 from thinkflow.distributed import all_mean, all_sum, full_parameters, global_rank, is_rank_zero, world_size
 from thinkflow.evaluation import greedy_accuracy, sampled_pass_at_1
 from thinkflow.inference import SamplingParams
-from thinkflow.pretrain.module import warmup_cosine
 from thinkflow.profile.ledger import book, phase, record_forward, record_training
-from thinkflow.rl.actors import truncated_is_weights
-from thinkflow.rl.objectives import ObjectiveConfig, policy_loss
+from thinkflow.rl.objectives import ObjectiveConfig, policy_loss, truncated_is_weights
 from thinkflow.rl.rewards import RewardConfig
 from thinkflow.rl.rollout import collect, token_logprobs
 from thinkflow.tasks import Problem, Task
+from thinkflow.training import warmup_cosine
 
 
 class TrainingDivergedError(RuntimeError):

@@ -127,3 +127,15 @@ def aggregate(
         return ((per_token * mask).sum(dim=1) / cfg.length_norm).mean()
     norm = mask.sum().clamp(min=1) if tokens_per_rank is None else max(tokens_per_rank, 1e-6)
     return (per_token * mask).sum() / norm  # dapo: token-level
+
+
+def truncated_is_weights(
+    logp_learner: torch.Tensor, logp_behaviour: torch.Tensor, mask: torch.Tensor, cap: float
+) -> tuple[torch.Tensor, float]:
+    """Off-policy correction for rollouts sampled by an older policy (``rl.mode=async``): per-token
+    ``min(exp(logp_learner - logp_behaviour), cap)`` on masked tokens (1 elsewhere), and the share of
+    masked tokens whose weight was truncated."""
+    raw = torch.exp(logp_learner - logp_behaviour)
+    weights = torch.where(mask.bool(), raw.clamp(max=cap), torch.ones_like(raw))
+    truncated = float(((raw > cap) & mask.bool()).sum() / mask.sum().clamp(min=1))
+    return weights, truncated

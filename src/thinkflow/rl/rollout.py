@@ -14,7 +14,10 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from thinkflow.envs import env_metrics, sample_verdict, with_env
 from thinkflow.inference import Sample
+from thinkflow.rl.objectives import group_advantages, informative_groups
+from thinkflow.rl.rewards import score
 
 
 @dataclass
@@ -84,9 +87,6 @@ class Rollouts:
 
 def _sample_groups(engine, task, problems, group_size, params, reward_cfg, extra_reward):
     """(samples grouped per problem, (groups, G) rewards, RewardBatch) for one sampling round."""
-    from thinkflow.envs import sample_verdict, with_env
-    from thinkflow.rl.rewards import score
-
     groups = with_env(engine, task, problems).generate([p.prompt for p in problems], replace(params, n=group_size))
     flat = [s for g in groups for s in g]
     owners = [problems[s.prompt_index] for s in flat]
@@ -114,9 +114,6 @@ def collect(
     extra rounds, samples fresh problems from ``more_problems(n)`` to fill the batch back up.
     The policy statistics in ``metrics`` describe the first round (the policy as it is).
     """
-    from thinkflow.envs import env_metrics
-    from thinkflow.rl.objectives import group_advantages, informative_groups
-
     if group_size < 2:
         raise ValueError(f"rl.group_size must be >= 2 for group-relative advantages, got {group_size}")
     groups, rewards, scored = _sample_groups(engine, task, problems, group_size, params, reward_cfg, extra_reward)
