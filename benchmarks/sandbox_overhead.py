@@ -10,7 +10,7 @@ import statistics
 import time
 
 from benchmarks.common import machine_line, write_section
-from thinkflow.envs import isolation
+from thinkflow.envs import isolation, sandbox
 from thinkflow.envs.sandbox import run_tests
 
 PROGRAM = "def f(x):\n    return x * 3 + 1\n"
@@ -18,8 +18,8 @@ TESTS = ["f(0) == 1", "f(3) == 10", "f(-2) == -5"]
 
 
 def main(rounds: int = 10, per_round: int = 20) -> None:
-    if isolation.problem():
-        raise SystemExit(f"OS isolation is not available here: {isolation.problem()}")
+    if sandbox.os_problem():
+        raise SystemExit(f"OS isolation is not available here: {sandbox.os_problem()}")
     times: dict[str, list[float]] = {"os": [], "hook": []}
     for _ in range(rounds):
         for mode in times:  # interleaved: os, hook, os, hook, ...

@@ -36,7 +36,7 @@ for _o in gc.get_objects():
     if type(_o).__name__ == "function" and _o.__name__ == "hook" and "reason_for" in _o.__code__.co_freevars:
         _o.__closure__[_o.__code__.co_freevars.index("reason_for")].cell_contents = lambda event, args: None
 """
-OS_ONLY = pytest.mark.skipif(isolation.problem() is not None, reason=f"no OS isolation here: {isolation.problem()}")
+OS_ONLY = pytest.mark.skipif(sandbox.os_problem() is not None, reason=f"no OS isolation here: {sandbox.os_problem()}")
 
 
 def sandbox_processes() -> list[str]:
@@ -78,8 +78,8 @@ class Sandboxed:
 @pytest.fixture(params=["os", "os_bypassed", "hook"])
 def sandboxed(request, monkeypatch) -> Sandboxed:
     """hook: no namespaces, no uid drop, no RLIMIT_NPROC, as for a non-root caller who chose isolation=hook."""
-    if request.param.startswith("os") and isolation.problem():
-        pytest.skip(f"no OS isolation here: {isolation.problem()}")
+    if request.param.startswith("os") and sandbox.os_problem():
+        pytest.skip(f"no OS isolation here: {sandbox.os_problem()}")
     if request.param == "hook":
         monkeypatch.setattr(sandbox, "_plan", lambda: sandbox._Plan(libc=None, drop_uid=False, read_search=False))
     return Sandboxed(request.param)
@@ -230,8 +230,8 @@ def test_huge_allocation_ends_as_memory(way):
 
 def test_the_bypass_really_disables_the_hook():
     """Without this the bypassed runs below would prove nothing: creating a socket is one of the hook's events."""
-    if isolation.problem():
-        pytest.skip(isolation.problem())
+    if sandbox.os_problem():
+        pytest.skip(sandbox.os_problem())
     assert run_tests("import socket\nsocket.socket()", ["True"], FAST).violation == "network"
     result = run_tests(BYPASS + "import socket\nsocket.socket()", ["True"], FAST)
     assert result.violation is None and result.reward == 1.0, result
@@ -244,8 +244,8 @@ def test_writing_outside_its_dir_ends_as_filesystem(sandboxed, host_dir):
 
 
 def test_writing_to_its_private_tmp_works_and_stays_private():
-    if isolation.problem():
-        pytest.skip(isolation.problem())
+    if sandbox.os_problem():
+        pytest.skip(sandbox.os_problem())
     name = f"thinkflow-private-{os.getpid()}.txt"
     code = f"import tempfile\nopen('/tmp/{name}', 'w').write('x')\nprint(tempfile.gettempdir())"
     result = run_tests(code, [f"open('/tmp/{name}').read() == 'x'"], FAST)
@@ -305,8 +305,8 @@ def test_exec_of_a_host_binary_ends_as_process_or_syscall(sandboxed, host_secret
 
 
 def test_the_environment_holds_no_secret_of_the_parent(host_secret):
-    if isolation.problem():
-        pytest.skip(isolation.problem())
+    if sandbox.os_problem():
+        pytest.skip(sandbox.os_problem())
     result = run_tests("import os\nprint(dict(os.environ))", ["True"], FAST)
     assert result.reward == 1.0 and "s3cr3t" not in result.stdout and "PATH" in result.stdout
 
@@ -336,15 +336,15 @@ def test_ctypes_ends_as_forbidden_import(sandboxed, code):
     ids=["unshare", "mount", "ptrace", "chroot"],
 )
 def test_ctypes_past_the_hook_meets_seccomp(call):
-    if isolation.problem():
-        pytest.skip(isolation.problem())
+    if sandbox.os_problem():
+        pytest.skip(sandbox.os_problem())
     code = BYPASS + f"import ctypes, os\nlibc = ctypes.CDLL(None)\nprint({call})"
     assert_contained(run_tests(code, ["True"], FAST), "syscall")
 
 
 def test_code_runs_as_a_uid_of_its_own_with_no_capabilities():
-    if isolation.problem():
-        pytest.skip(isolation.problem())
+    if sandbox.os_problem():
+        pytest.skip(sandbox.os_problem())
     code = BYPASS + (
         "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
         "data = (ctypes.c_uint32 * 6)()\nheader = (ctypes.c_uint32 * 2)(0x20080522, 0)\n"

@@ -18,9 +18,10 @@ child, before it execs the interpreter (``enter``, run as ``preexec_fn``):
    ``DENIED_SYSCALLS``, and on ``clone`` with namespace flags; ``clone3`` answers ENOSYS (its flags
    sit behind a pointer the filter cannot read; libc falls back to ``clone``).
 
-``problem()`` says why this machine cannot provide the boundary (not Linux, not root, a missing
-capability or binding), after trying it once end to end; the sandbox then refuses to run model code
-unless the user chose ``isolation: hook`` (resource limits and the audit hook only).
+``setup_problem()`` says why this machine cannot set the boundary up (not Linux, not root, a missing
+capability or binding); ``sandbox.os_problem()`` adds one program run inside it end to end, and the
+sandbox refuses to run model code where either fails unless the user chose ``isolation: hook``
+(resource limits and the audit hook only).
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ _uids = itertools.count()
 
 
 def boundary(new_root: str, disk_mb: int, max_processes: int) -> Boundary:
-    """The plan for one run; call ``problem()`` first (this assumes the machine can do it)."""
+    """The plan for one run; call ``sandbox.os_problem()`` first (this assumes the machine can do it)."""
     uid = _UID_BASE + (os.getpid() % 100_000) * 1000 + next(_uids) % 1000
     return Boundary(new_root, uid, disk_mb, max_processes, layout(), _seccomp_program(), _last_cap())
 
@@ -126,8 +127,9 @@ def boundary(new_root: str, disk_mb: int, max_processes: int) -> Boundary:
 
 
 @functools.cache
-def problem() -> str | None:
-    """None when this machine gives the OS boundary, else why not (one sentence)."""
+def setup_problem() -> str | None:
+    """None when this machine can set the OS boundary up, else why not (one sentence). Whether a program then
+    sees what it should inside it is ``sandbox.os_problem()`` (the sandbox runner builds on this module)."""
     if not sys.platform.startswith("linux"):
         return f"it needs Linux namespaces, and this is {sys.platform}"
     if platform.machine() not in SYS_PIVOT_ROOT:
@@ -143,23 +145,6 @@ def problem() -> str | None:
         warm()
     except (ImportError, OSError, IsolationError, subprocess.SubprocessError) as err:
         return str(err)
-    return _probe()
-
-
-def _probe() -> str | None:
-    """Run one program inside the boundary and check it sees what it should; the first call also
-    surfaces what a kernel or container refuses (no unshare, no pivot_root, ...)."""
-    from thinkflow.envs.sandbox import SandboxLimits, _execute  # the sandbox builds on this module
-
-    code = "import os\nuid = os.getuid()\n"
-    hidden = "not any(os.path.exists(p) for p in ('/proc/self', '/etc', '/home', '/root/.ssh'))"
-    tests = ["uid >= 1000", f"os.getcwd() == {WORK!r}", "os.path.isdir('/tmp') and os.path.exists('/dev/null')", hidden]
-    try:
-        result = _execute(code, tests, SandboxLimits(cpu_s=5, wall_s=20), "os")
-    except RuntimeError as err:
-        return f"setting up the OS boundary failed: {err}"
-    if result.reward != 1.0:
-        return f"a probe program inside the OS boundary did not see what it should: {result.detail}"
     return None
 
 

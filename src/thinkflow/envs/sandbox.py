@@ -132,7 +132,7 @@ def require(isolation: str) -> None:
     """Raise ``SandboxUnavailable`` (saying why and what to do) unless ``isolation`` can be had here."""
     if isolation not in ISOLATION_MODES:
         raise SandboxError(f"isolation must be one of {ISOLATION_MODES}, got {isolation!r}")
-    why = os_isolation.problem() if isolation == "os" else None
+    why = os_problem() if isolation == "os" else None
     if why:
         raise SandboxUnavailable(
             f"the code sandbox cannot isolate programs at the OS level here: {why}. Model code is not run "
@@ -140,6 +140,27 @@ def require(isolation: str) -> None:
             "audit hook, which a hostile program can disable) with task.env.sandbox.isolation=hook; that "
             "setting is logged on the run."
         )
+
+
+@functools.cache
+def os_problem() -> str | None:
+    """None when this machine gives the OS boundary, else why not (one sentence): ``isolation.setup_problem()``,
+    then one program run inside the boundary that must see what it should (the first run also surfaces what a
+    kernel or container refuses: no unshare, no pivot_root, ...)."""
+    why = os_isolation.setup_problem()
+    if why:
+        return why
+    code = "import os\nuid = os.getuid()\n"
+    hidden = "not any(os.path.exists(p) for p in ('/proc/self', '/etc', '/home', '/root/.ssh'))"
+    work = os_isolation.WORK
+    tests = ["uid >= 1000", f"os.getcwd() == {work!r}", "os.path.isdir('/tmp') and os.path.exists('/dev/null')", hidden]
+    try:
+        result = _execute(code, tests, SandboxLimits(cpu_s=5, wall_s=20), "os")
+    except RuntimeError as err:
+        return f"setting up the OS boundary failed: {err}"
+    if result.reward != 1.0:
+        return f"a probe program inside the OS boundary did not see what it should: {result.detail}"
+    return None
 
 
 def _execute(code: str, tests: list[str], limits: SandboxLimits, isolation: str) -> SandboxResult:
