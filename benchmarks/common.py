@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: compose the real config, write a section of docs/benchmarks.md."""
+"""Shared benchmark helpers: the default pretrained checkpoint, write a section of docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -10,14 +10,25 @@ from pathlib import Path
 
 import torch
 
+from thinkflow.composition import compose
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 
 
-def compose(overrides: list[str] | None = None) -> dict:
-    from flows.pipeline import compose as compose_config
+def require_pretrained(cfg) -> Path:
+    """This config's pretrained checkpoint, where the pretrain stage exports it
+    (``thinkflow.pretrain.stage.pretrained_checkpoint``); stops, saying how to produce it, when it is not there."""
+    from thinkflow.pretrain.stage import pretrained_checkpoint
 
-    return compose_config(overrides)
+    ckpt = pretrained_checkpoint(cfg)
+    if not (ckpt / "config.json").is_file():
+        raise SystemExit(
+            f"no pretrained checkpoint for the default config at {ckpt} (paths.work_dir={cfg.paths.work_dir} is "
+            f"relative to the directory the benchmark runs in). Produce it from {Path.cwd()} with "
+            "`python flows/pipeline.py '~rl' '~ttc' '~compare'` (the default pretrain stage alone), then run this again."
+        )
+    return ckpt
 
 
 def machine_line() -> str:

@@ -1,10 +1,12 @@
 """Generated tokens/s: thinkflow's ``hf`` backend vs ``transformers.generate``, and peak RSS.
 
     python -m benchmarks.generation_throughput [--rounds 2] [--new-tokens 48]   # from the repo root
+    python -m benchmarks.generation_throughput --fresh-weights     # no pretraining first: same work, other outputs
 
-Models: the default model (the default pipeline's pretrained checkpoint if it exists, else
-the same architecture freshly initialised: with a fixed generation length the weights do not
-change the work) and a 4x wider one. Batches of 1, 32 and 256 distinct prompts, greedy,
+Models: the default model (the default pipeline's pretrained checkpoint, found where the pretrain stage
+exports it; without it the script stops and says how to produce it, unless ``--fresh-weights`` asks for
+the same architecture freshly initialised: with a fixed generation length the weights do not change the
+work) and a 4x wider one (fresh weights). Batches of 1, 32 and 256 distinct prompts, greedy,
 fixed length (EOS ignored) so both engines do identical work. Each measurement runs in its
 own process (its peak RSS is that process's), engines alternating, median of the rounds.
 Also: greedy outputs of both engines compared at batch 32 (stopping at EOS), and prefix
@@ -21,11 +23,11 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks.common import compose, machine_line, write_section
+from benchmarks.common import machine_line, require_pretrained, write_section
+from thinkflow.composition import compose
 
 MODELS = {
     "default": {},
@@ -33,17 +35,16 @@ MODELS = {
 }
 
 
-def _setup(model_name: str):
+def _setup(model_name: str, fresh: bool = False):
+    """(model, tokenizer, task, where the weights came from); the default model is the default pipeline's
+    pretrained checkpoint unless ``fresh``."""
     from thinkflow.catalog import build_task
     from thinkflow.config import validate
     from thinkflow.models import build_model_and_tokenizer, load_checkpoint
-    from thinkflow.pretrain.stage import pretrain_section
-    from thinkflow.stages import config_key
 
-    cfg = validate({k: v for k, v in compose().items() if k != "hydra"})
-    ckpt = Path(cfg.paths.work_dir).resolve() / "pretrain" / config_key(pretrain_section(cfg)) / "hf"
-    if model_name == "default" and (ckpt / "config.json").exists():
-        model, tok = load_checkpoint(ckpt)
+    cfg = validate(compose())
+    if model_name == "default" and not fresh:
+        model, tok = load_checkpoint(require_pretrained(cfg))
         source = "pretrained checkpoint"
     else:
         model, tok = build_model_and_tokenizer(cfg.model.model_dump() | MODELS[model_name] | {"max_seq_len": 256})
@@ -52,12 +53,12 @@ def _setup(model_name: str):
     return model.eval(), tok, task, source
 
 
-def measure(model_name: str, engine: str, batch: int, new_tokens: int) -> dict:
+def measure(model_name: str, engine: str, batch: int, new_tokens: int, fresh: bool = False) -> dict:
     """Runs in a child process: tokens/s of one engine at one batch size, and peak RSS."""
     from thinkflow.inference import HFEngine, SamplingParams
 
     torch.manual_seed(0)
-    model, tok, task, source = _setup(model_name)
+    model, tok, task, source = _setup(model_name, fresh)
     prompts = [p.prompt for p in task.splits(0, batch, seed=123)[1]]
     if engine == "thinkflow hf":
         eng = HFEngine(model, tok, max_batch=1024)
@@ -78,7 +79,7 @@ def measure(model_name: str, engine: str, batch: int, new_tokens: int) -> dict:
     return {"tokens_per_s": batch * new_tokens / min(times), "peak_rss_mb": rss, "source": source}
 
 
-def measure_vllm(model_name: str, new_tokens: int, batches: tuple[int, ...]) -> dict:
+def measure_vllm(model_name: str, new_tokens: int, batches: tuple[int, ...], fresh: bool = False) -> dict:
     """Runs in a child process: one vLLM server for the model, tokens/s per batch, server RSS."""
     import tempfile
 
@@ -87,7 +88,7 @@ def measure_vllm(model_name: str, new_tokens: int, batches: tuple[int, ...]) -> 
     from thinkflow.inference import SamplingParams
     from thinkflow.inference.vllm_server import VLLMEngine, VLLMServer
 
-    model, tok, task, source = _setup(model_name)
+    model, tok, task, source = _setup(model_name, fresh)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -120,10 +121,10 @@ def vllm_installed() -> bool:
         return False
 
 
-def greedy_identical(batch: int = 32, new_tokens: int = 20) -> tuple[int, int]:
+def greedy_identical(batch: int = 32, new_tokens: int = 20, fresh: bool = False) -> tuple[int, int]:
     from thinkflow.inference import HFEngine, SamplingParams
 
-    model, tok, task, _ = _setup("default")
+    model, tok, task, _ = _setup("default", fresh)
     prompts = [p.prompt for p in task.splits(0, batch, seed=123)[1]]
     ours = HFEngine(model, tok).generate(prompts, SamplingParams(max_new_tokens=new_tokens))
     enc = tok(prompts, padding=True, return_tensors="pt")
@@ -197,16 +198,24 @@ prompt. Decode reads this many bytes per token of context per step, which is why
 
 def _child(*args) -> dict:
     code = f"import json, benchmarks.generation_throughput as g; print(json.dumps(g.{args[0]}(*{list(args[1:])!r})))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{args[0]}{args[1:]} failed in its process:\n{out.stderr.strip()[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
+    from thinkflow.config import validate
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--kv-only", action="store_true", help="only the KV-cache table")
+    parser.add_argument("--fresh-weights", action="store_true", help="default model: fresh weights, not the checkpoint")
     args = parser.parse_args()
+    fresh = args.fresh_weights
+    if not args.kv_only and not fresh:  # before any measurement, and before docs/benchmarks.md is touched
+        print(f"default model: {require_pretrained(validate(compose()))}", flush=True)
     write_section("kv_cache", kv_section())
     if args.kv_only:
         return
@@ -216,7 +225,7 @@ def main() -> None:
             res = {"thinkflow hf": [], "transformers.generate": []}
             for _ in range(args.rounds):
                 for engine in res:
-                    res[engine].append(_child("measure", model_name, engine, batch, args.new_tokens))
+                    res[engine].append(_child("measure", model_name, engine, batch, args.new_tokens, fresh))
             med = {e: statistics.median(r["tokens_per_s"] for r in rs) for e, rs in res.items()}
             speedups[(model_name, batch)] = med["thinkflow hf"] / med["transformers.generate"]
             for engine, rs in res.items():
@@ -232,13 +241,13 @@ def main() -> None:
             "RSS = the server's processes after the runs)."
         )
         for model_name in MODELS:
-            res = _child("measure_vllm", model_name, args.new_tokens, (1, 32, 256))
+            res = _child("measure_vllm", model_name, args.new_tokens, (1, 32, 256), fresh)
             for batch, tps in res["tokens_per_s"].items():
                 rows.append(
                     f"| {model_name} ({res['source']}) | {batch} | vllm server | {tps:,.0f} | {res['peak_rss_mb']:,.0f} |"
                 )
             print(*rows[-3:], sep="\n", flush=True)
-    same, total = _child("greedy_identical")
+    same, total = _child("greedy_identical", 32, 20, fresh)
     share = _child("prefix_sharing")
     body = f"""## Generation throughput (`benchmarks/generation_throughput.py`)
 

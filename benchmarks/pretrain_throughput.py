@@ -17,8 +17,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.common import compose, machine_line, write_section
+from benchmarks.common import machine_line, write_section
 from thinkflow.catalog import build_task
+from thinkflow.composition import compose
 from thinkflow.config import validate
 from thinkflow.models import build_model_and_tokenizer, n_params
 from thinkflow.pretrain.data import collate, encode_examples

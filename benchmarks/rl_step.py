@@ -22,7 +22,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import ROOT, compose, machine_line, rl_stage_run, write_section
+from benchmarks.common import ROOT, machine_line, rl_stage_run, write_section
+from thinkflow.composition import compose
 from thinkflow.runner import run_stage, start_pipeline_run
 
 TRL_VENV = Path("/work/trl-venv/bin/python")

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks.common import compose, machine_line, write_section
+from benchmarks.common import machine_line, write_section
 from benchmarks.rl_step import pretrained_checkpoint
 from thinkflow.catalog import build_task
+from thinkflow.composition import compose
 from thinkflow.config import validate
 from thinkflow.inference import open_engine
 from thinkflow.models.flops import FlopModel

@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python flows/optimize.py` from anywhere
 
-from flows.pipeline import compose, pipeline  # noqa: E402
+from flows.pipeline import pipeline  # noqa: E402
+from thinkflow.composition import compose  # noqa: E402
 from thinkflow.config import ConfigError, validate  # noqa: E402
 from thinkflow.runner import open_tracker  # noqa: E402
 from thinkflow.sweeps import SUMMARY_TAG, SWEEP_TAG  # noqa: E402

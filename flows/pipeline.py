@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import time
-from pathlib import Path
 
 # A cold ephemeral Prefect server (migrations on a fresh PREFECT_HOME) takes longer than
 # Prefect's 20 s default to come up on a 2-core laptop.
@@ -33,6 +32,7 @@ from prefect.runtime import flow_run  # noqa: E402
 
 from thinkflow import liveness, shutdown  # noqa: E402
 from thinkflow.caching import identity_key, result_files_exist, stage_identity, stage_lock  # noqa: E402
+from thinkflow.composition import compose  # noqa: E402
 from thinkflow.config import ConfigError, drop_removed_stages, preflight, validate  # noqa: E402
 from thinkflow.runner import (  # noqa: E402
     STAGES,
@@ -49,7 +49,6 @@ from thinkflow.tasks import TaskError  # noqa: E402
 # A stage task is cached on its identity alone (config sections, upstream results, code; see
 # thinkflow.caching) plus its source, never on the whole config or the parent run id, so a run that
 # changes only ttc.* reuses pretrain and rl. Results are persisted for the next pipeline run.
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 STAGE_CACHE = (INPUTS - "config" - "parent_run_id" - "upstream") + TASK_SOURCE
 
 
@@ -99,26 +98,6 @@ def pipeline(config: dict, tags: dict[str, str] | None = None) -> dict:
         raise
     end_pipeline_run(config, parent, results, "FINISHED")
     return {"parent_run_id": parent, **results}
-
-
-def compose(overrides: list[str] | None = None, config_name: str = "pipeline") -> dict:
-    """The resolved config of ``conf/<config_name>.yaml`` with Hydra overrides, as plain JSON;
-    a malformed override stops here with a ConfigError naming it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-
-    overrides = list(overrides or [])
-    if not all(isinstance(o, str) for o in overrides):
-        raise ConfigError(f"overrides must be a list of strings like 'rl.lr=1e-4', got {overrides!r}")
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose(config_name, overrides=overrides)
-    except HydraException as err:
-        raise ConfigError(f"bad overrides {overrides} for config {config_name!r}: {err}") from None
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config.pop("hydra", None)
-    return drop_removed_stages(config, overrides)
 
 
 @flow(name="scheduled-pipeline", log_prints=True)

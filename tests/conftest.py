@@ -22,24 +22,16 @@ os.environ.pop("PREFECT_API_URL", None)
 
 
 def compose(overrides: list[str] | None = None, root: Path | None = None, tiny: bool = True) -> dict:
-    """The real config tree, composed and resolved; shrunk by ``experiment=tiny`` unless
-    ``tiny`` is False or the overrides choose another experiment."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
+    """The real config tree through ``thinkflow.composition.compose``; shrunk by ``experiment=tiny`` unless
+    ``tiny`` is False or the overrides choose another experiment, every generated file under ``root``."""
+    from thinkflow.composition import compose as compose_config
 
     overrides = list(overrides or [])
     if tiny and not any(o.startswith("experiment=") for o in overrides):
         overrides.insert(0, "experiment=tiny")
     if root:
         overrides.insert(0, f"paths.root={root}")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose("pipeline", overrides=overrides)
-    out = OmegaConf.to_container(cfg, resolve=True)
-    out.pop("hydra", None)
-    from thinkflow.config import drop_removed_stages
-
-    return drop_removed_stages(out, overrides)
+    return compose_config(overrides)
 
 
 @pytest.fixture

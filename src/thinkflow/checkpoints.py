@@ -33,10 +33,15 @@ def check_resume_checkpoint(path: Path) -> None:
         raise CheckpointError(f"resume checkpoint {path} is corrupt (member {bad} fails its CRC)")
 
 
+def hf_export_dir(work: Path) -> Path:
+    """A training stage's HF-format export (``save_hf``) inside its work directory."""
+    return work / "hf"
+
+
 def training_dirs(work: Path, stage: str) -> tuple[Path, Path, Path | None]:
     """A training stage's Lightning checkpoint dir, HF export dir, and the checkpoint to resume
     from (checked, never deleted) or None."""
-    ckpt_dir, hf_dir = work / "lightning", work / "hf"
+    ckpt_dir, hf_dir = work / "lightning", hf_export_dir(work)
     resume = ckpt_dir / "last.ckpt"
     if not resume.exists():
         return ckpt_dir, hf_dir, None

@@ -27,8 +27,15 @@ def config_key(section: dict) -> str:
     return hashlib.sha256(json.dumps(section, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def stage_work_path(cfg: PipelineConfig, stage: str, section: dict) -> Path:
+    """``<paths.work_dir>/<stage>/<config_key(section)>``: where a stage keeps the result of this config
+    (nothing is created; what reads a stage's result without running it looks here)."""
+    return Path(cfg.paths.work_dir).resolve() / stage / config_key(section)
+
+
 def stage_work_dir(cfg: PipelineConfig, stage: str, section: dict) -> Path:
-    path = Path(cfg.paths.work_dir).resolve() / stage / config_key(section)
+    """The stage's work directory, created."""
+    path = stage_work_path(cfg, stage, section)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

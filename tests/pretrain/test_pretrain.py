@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -13,7 +14,7 @@ from thinkflow.catalog import build_task
 from thinkflow.config import ConfigError, validate
 from thinkflow.models import CheckpointError, build_char_tokenizer
 from thinkflow.pretrain.data import IGNORE, collate, encode_examples
-from thinkflow.pretrain.stage import pretrain_section
+from thinkflow.pretrain.stage import pretrain_section, pretrained_checkpoint
 from thinkflow.runner import run_stage, start_pipeline_run
 from thinkflow.stages import stage_work_dir
 from thinkflow.training import warmup_cosine
@@ -51,6 +52,8 @@ def test_pretraining_is_seeded_and_reproducible(tmp_path):
     wa, wb = load_file(f"{a['checkpoint']}/model.safetensors"), load_file(f"{b['checkpoint']}/model.safetensors")
     assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
     assert a["val_acc"] == b["val_acc"] and a["steps"] == 20
+    # what reads the checkpoint without running the stage (benchmarks) looks where the stage exported it
+    assert pretrained_checkpoint(validate(compose(root=tmp_path / "a"))) == Path(a["checkpoint"])
 
 
 def test_corrupt_resume_checkpoint_is_refused_and_kept(tmp_path):

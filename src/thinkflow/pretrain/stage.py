@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from thinkflow.checkpoints import CheckpointOnStop, save_hf, training_dirs
+from thinkflow.checkpoints import CheckpointOnStop, hf_export_dir, save_hf, training_dirs
 from thinkflow.config import ConfigError, PipelineConfig
 from thinkflow.distributed import full_parameters, is_rank_zero
 from thinkflow.distributed.strategy import build_strategy
 from thinkflow.models import build_model_and_tokenizer, load_checkpoint, n_params
 from thinkflow.pretrain.data import TraceDataModule
 from thinkflow.pretrain.module import CausalLMModule
-from thinkflow.stages import StageContext, stage_work_dir, training_problems
+from thinkflow.stages import StageContext, stage_work_dir, stage_work_path, training_problems
 from thinkflow.tracking import flatten, write_json
 from thinkflow.tracking.lightning import TrackerLogger
 
@@ -35,6 +36,12 @@ def pretrain_section(cfg: PipelineConfig) -> dict:
             {"deepspeed": tc.deepspeed.model_dump()} if tc.deepspeed else {}
         )
     return section
+
+
+def pretrained_checkpoint(cfg: PipelineConfig) -> Path:
+    """Where this config's pretraining exports its HF checkpoint (``run_pretrain`` writes it there);
+    nothing is created or checked: the directory exists once the stage has run."""
+    return hf_export_dir(stage_work_path(cfg, "pretrain", pretrain_section(cfg)))
 
 
 def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> dict:
