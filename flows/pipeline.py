@@ -30,12 +30,13 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
-from thinkflow import liveness, shutdown  # noqa: E402
+from thinkflow import liveness, quiet, shutdown  # noqa: E402
 from thinkflow.caching import identity_key, result_files_exist, stage_identity, stage_lock  # noqa: E402
 from thinkflow.composition import compose  # noqa: E402
 from thinkflow.config import ConfigError, drop_removed_stages, preflight, validate  # noqa: E402
 from thinkflow.runner import (  # noqa: E402
     STAGES,
+    closing_summary,
     enabled_stages,
     end_pipeline_run,
     profile_pipeline_run,
@@ -49,6 +50,7 @@ from thinkflow.tasks import TaskError  # noqa: E402
 # A stage task is cached on its identity alone (config sections, upstream results, code; see
 # thinkflow.caching) plus its source, never on the whole config or the parent run id, so a run that
 # changes only ttc.* reuses pretrain and rl. Results are persisted for the next pipeline run.
+quiet.silence()  # third-party noise that tells a user nothing (thinkflow.quiet)
 STAGE_CACHE = (INPUTS - "config" - "parent_run_id" - "upstream") + TASK_SOURCE
 
 
@@ -97,7 +99,7 @@ def pipeline(config: dict, tags: dict[str, str] | None = None) -> dict:
         end_pipeline_run(config, parent, results, status)
         raise
     end_pipeline_run(config, parent, results, "FINISHED")
-    return {"parent_run_id": parent, **results}
+    return {"parent_run_id": parent, "flow_run_id": flow_run.get_id(), **results}
 
 
 @flow(name="scheduled-pipeline", log_prints=True)
@@ -190,12 +192,14 @@ def main(cfg: DictConfig) -> dict:
     # SIGTERM outside the flow, and after the flow has handled it (Prefect re-sends it to this handler)
     signal.signal(signal.SIGTERM, shutdown.raise_terminated)
     try:
-        return pipeline(config, job_tags())
+        result = pipeline(config, job_tags())
     except BaseException as err:
         if shutdown.is_stop_signal(err):
             _stop_temporary_prefect_server()  # its atexit hook would not run
             shutdown.exit_by_signal(signal.SIGINT if isinstance(err, KeyboardInterrupt) else signal.SIGTERM)
         raise
+    print(closing_summary(config, result, result.get("flow_run_id")), flush=True)
+    return result
 
 
 _WATCHDOGS: dict = {}  # temporary Prefect server pid -> the watchdog process that stops it if this process dies

@@ -152,3 +152,33 @@ def _run_or_none(tracker: Tracker, run_id: str):
         return tracker.client.get_run(run_id) if run_id else None
     except MlflowException:
         return None  # deleted, or in another store: the link in the note still says where it came from
+
+
+def closing_summary(config: dict, result: dict, flow_run_id: str | None = None) -> str:
+    """The block a pipeline run ends with: each stage's headline numbers and where its results are (MLflow run,
+    checkpoint or table), then how to look (the MLflow UI command and the parent run's page, the Prefect flow run)."""
+    cfg = validate(config)
+    uri = resolve_uri(cfg.tracking.uri, cfg.paths.root)
+    tracker = open_tracker(cfg)
+    parent = result.get("parent_run_id", "")
+    ui = "http://127.0.0.1:5000" if uri.startswith("sqlite:") else uri.rstrip("/")
+    lines = ["", "=" * 80, f"thinkflow: pipeline finished; MLflow parent run {parent}"]
+    for name in STAGES:
+        r = result.get(name)
+        if not isinstance(r, dict):
+            continue
+        shown = [k for k in HEADLINE_KEYS if isinstance(r.get(k), int | float) and not k.startswith("pass_at_1_ci")]
+        numbers = ", ".join(f"{k}={r[k]:.3f}" for k in shown)
+        if "pass_at_1_ci_low" in r:  # the interval beside its estimate
+            ci = f"[{r['pass_at_1_ci_low']:.3f}, {r['pass_at_1_ci_high']:.3f}]"
+            numbers = numbers.replace(f"pass_at_1={r['pass_at_1']:.3f}", f"pass_at_1={r['pass_at_1']:.3f} {ci}")
+        where = r.get("checkpoint") or r.get("table") or ""
+        lines.append(f"  {name:<9} {numbers or '-'}")
+        lines.append(f"  {'':<9} run {r.get('run_id', '')}  {where}")
+    if uri.startswith("sqlite:"):
+        lines.append(f"  look:     mlflow ui --backend-store-uri {uri}")
+    lines.append(f"            {ui}/#/experiments/{tracker.experiment_id}/runs/{parent}")
+    if flow_run_id:
+        lines.append(f"  prefect:  flow run {flow_run_id} (prefect flow-run inspect {flow_run_id})")
+    lines.append("=" * 80)
+    return "\n".join(lines)

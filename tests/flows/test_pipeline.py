@@ -158,6 +158,14 @@ def test_cli_sweep_runs_one_pipeline_per_job(tmp_path):
     assert list(rows.job) == [0, 1] and "pretrain/val_acc" in rows.columns
     assert rows.overrides.str.contains("pretrain.max_steps=10").iloc[0]
     assert "# Sweep" in proc.stdout  # the table is printed at the end of the sweep
+    # each job ends with one block: headline numbers, where results are, how to look at them
+    assert proc.stdout.count("thinkflow: pipeline finished; MLflow parent run") == 2
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlruns/mlflow.db" in proc.stdout
+    assert "prefect flow-run inspect" in proc.stdout
+    # third-party noise that tells a user nothing is gone (thinkflow.quiet); Lightning's own lines stay
+    noise = ("litlogger", "Writing model shards", "Loading weights", "isinstance(treespec, LeafSpec)",
+             "Setting accelerator to CPU")  # fmt: skip
+    assert not [n for n in noise if n in proc.stdout + proc.stderr]
     # the jobs' accuracy-vs-inference-FLOPs curves and their models' measured decode speed, as plots
     plots = {a.path for a in client.list_artifacts(summary[0].info.run_id, "sweep")}
     assert {"sweep/ttc_curves.png", "sweep/decode_tokens_per_s.png"} <= plots

@@ -14,8 +14,8 @@ import torch
 from tests.conftest import compose
 from tests.stopping import no_leftovers, pipeline_command, signal_when, start, statuses
 from thinkflow.config import ConfigError, validate
-from thinkflow.rl.actors import tensor_bytes, too_stale, transfer_delay, truncated_is_weights
-from thinkflow.rl.objectives import ObjectiveConfig, policy_loss
+from thinkflow.rl.actors import tensor_bytes, too_stale, transfer_delay
+from thinkflow.rl.objectives import ObjectiveConfig, policy_loss, truncated_is_weights
 
 
 def test_batches_older_than_max_staleness_are_dropped():

@@ -10,20 +10,21 @@ import os
 import sys
 from pathlib import Path
 
+from thinkflow import quiet
+from thinkflow.config import validate
 from thinkflow.distributed.ranks import NullTracker, close_process_group, is_rank_zero
+from thinkflow.profile.ledger import stage_ledger
+from thinkflow.runner import STAGES, open_tracker
+from thinkflow.stages import StageContext
+from thinkflow.tracking import write_json
 
 
 def main(spec_path: str, result_path: str) -> None:
-    from thinkflow.config import validate
-    from thinkflow.profile.ledger import stage_ledger
-    from thinkflow.runner import STAGES, open_tracker
-    from thinkflow.stages import StageContext
-    from thinkflow.tracking import write_json
-
     # DeepSpeed's launcher gives each process its node's index as CROSS_RANK; Lightning reads NODE_RANK
     # (torchrun sets GROUP_RANK, which Lightning reads too).
     if "CROSS_RANK" in os.environ:
         os.environ.setdefault("NODE_RANK", os.environ["CROSS_RANK"])
+    quiet.silence()
     spec = json.loads(Path(spec_path).read_text())
     cfg = validate(spec["config"])
     tracker = open_tracker(cfg) if is_rank_zero() else NullTracker()

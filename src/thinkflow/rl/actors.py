@@ -393,13 +393,3 @@ class AsyncExperience:
         for p in ray_tree:  # Ray's dashboard and runtime-env agents outlive its shutdown by a minute
             with contextlib.suppress(psutil.Error):  # gone (psutil also refuses a pid that was reused)
                 p.kill()
-
-
-def truncated_is_weights(logp_learner: torch.Tensor, logp_behaviour: torch.Tensor, mask: torch.Tensor,
-                         cap: float) -> tuple[torch.Tensor, float]:  # fmt: skip
-    """Per-token ``min(exp(logp_learner - logp_behaviour), cap)`` on masked tokens (1 elsewhere), and the
-    share of masked tokens whose weight was truncated."""
-    raw = torch.exp(logp_learner - logp_behaviour)
-    weights = torch.where(mask.bool(), raw.clamp(max=cap), torch.ones_like(raw))
-    truncated = float(((raw > cap) & mask.bool()).sum() / mask.sum().clamp(min=1))
-    return weights, truncated
