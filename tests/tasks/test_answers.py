@@ -137,8 +137,8 @@ def test_hostile_answers_are_screened_quickly(checker, name):
     pred, reason = HOSTILE[name]
     t0 = time.monotonic()
     verdict = checker.check(pred, "1")
-    assert time.monotonic() - t0 < 0.5
-    assert verdict.correct is False and verdict.reason == reason
+    assert time.monotonic() - t0 < 5.0  # never sent to sympy (which would run into the timeout instead):
+    assert verdict.correct is False and verdict.reason == reason  # the reason says it was screened
     assert checker.check(r"\boxed{1}", "1").correct
 
 
@@ -319,7 +319,9 @@ def test_last_boxed_is_linear_on_pathological_input():
     assert last_boxed(r"\boxed" + "{" * 100_000) is None
     assert last_boxed(r"\boxed{" * 50_000) is None
     assert last_boxed("x" * (1 << 20) + r"\boxed{9}") == "9"
-    assert time.monotonic() - t0 < 1.0
+    # not a speed target (benchmarks hold those): a quadratic scan of these inputs takes minutes, one pass
+    # takes ~0.2 s, so a bound this loose only fails for the wrong complexity, never for a busy machine
+    assert time.monotonic() - t0 < 20.0
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ PR_SET_KEEPCAPS, PR_SET_SECCOMP, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 8, 22, 2
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 SECCOMP_MODE_FILTER = 2
 CAP_SETGID, CAP_SETUID, CAP_SETPCAP, CAP_SYS_ADMIN = 6, 7, 8, 21
-_CAP_VERSION_3 = 0x20080522
+CAP_VERSION_3 = 0x20080522
 
 
 class IsolationError(RuntimeError):
@@ -89,11 +89,11 @@ class Layout:
     hidden: tuple[str, ...]
 
 
-class _CapHeader(ctypes.Structure):
+class CapHeader(ctypes.Structure):
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
 
-class _CapData(ctypes.Structure):
+class CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
@@ -136,7 +136,7 @@ def setup_problem() -> str | None:
         return f"pivot_root is wired up for {', '.join(SYS_PIVOT_ROOT)} only, and this machine is {platform.machine()}"
     if os.geteuid() != 0:
         return "it needs root to create mount and network namespaces and switch to an unprivileged uid"
-    caps = _effective_caps()
+    caps = effective_caps()
     needed = {"CAP_SYS_ADMIN": CAP_SYS_ADMIN, "CAP_SETUID": CAP_SETUID, "CAP_SETGID": CAP_SETGID}
     missing = [name for name, cap in (needed | {"CAP_SETPCAP": CAP_SETPCAP}).items() if not caps >> cap & 1]
     if missing:
@@ -148,7 +148,7 @@ def setup_problem() -> str | None:
     return None
 
 
-def _effective_caps() -> int:
+def effective_caps() -> int:
     try:
         with open("/proc/self/status") as status:
             line = next(row for row in status if row.startswith("CapEff:"))
@@ -391,7 +391,7 @@ def _drop_privileges(b: Boundary) -> None:
     os.setgroups([])
     os.setresgid(b.uid, b.uid, b.uid)
     os.setresuid(b.uid, b.uid, b.uid)  # clears permitted and effective capabilities (no keepcaps)
-    header, data = _CapHeader(_CAP_VERSION_3, 0), (_CapData * 2)()
+    header, data = CapHeader(CAP_VERSION_3, 0), (CapData * 2)()
     _check(libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")  # inheritable too
     _check(libc.capget(ctypes.byref(header), ctypes.byref(data)), "capget")
     if any(d.effective or d.permitted or d.inheritable for d in data):

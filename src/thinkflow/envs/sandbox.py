@@ -79,7 +79,6 @@ _PR_SET_KEEPCAPS = 8
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE = 47, 2
 _CAP_CHOWN, _CAP_DAC_READ_SEARCH, _CAP_SETGID, _CAP_SETUID, _CAP_SYS_ADMIN = 0, 2, 6, 7, 21
-_CAP_VERSION_3 = 0x20080522
 
 
 @dataclass(frozen=True)
@@ -205,14 +204,6 @@ class _Plan:
     cap_data: object = None
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-
 @functools.cache
 def _plan() -> _Plan:
     if os.geteuid() != 0 or not sys.platform.startswith("linux"):
@@ -221,25 +212,22 @@ def _plan() -> _Plan:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
         libc = None
-    caps = _effective_caps()
+    caps = os_isolation.effective_caps()
     if not all(caps >> cap & 1 for cap in (_CAP_CHOWN, _CAP_SETGID, _CAP_SETUID)):
         return _Plan(libc=libc, drop_uid=False, read_search=False)
     if all(_others_can_use(path) for path in _interpreter_files()):
         return _Plan(libc=libc, drop_uid=True, read_search=False)
     if libc is None or not caps >> _CAP_DAC_READ_SEARCH & 1:
         return _Plan(libc=libc, drop_uid=False, read_search=False)  # nobody could not start Python at all
-    data = (_CapData * 2)()
+    data = (os_isolation.CapData * 2)()
     data[0].effective = data[0].permitted = data[0].inheritable = 1 << _CAP_DAC_READ_SEARCH
-    return _Plan(libc=libc, drop_uid=True, read_search=True, cap_header=_CapHeader(_CAP_VERSION_3, 0), cap_data=data)
-
-
-def _effective_caps() -> int:
-    try:
-        with open("/proc/self/status") as status:
-            line = next(row for row in status if row.startswith("CapEff:"))
-        return int(line.split()[1], 16)
-    except (OSError, StopIteration, ValueError):
-        return 0
+    return _Plan(
+        libc=libc,
+        drop_uid=True,
+        read_search=True,
+        cap_header=os_isolation.CapHeader(os_isolation.CAP_VERSION_3, 0),
+        cap_data=data,
+    )
 
 
 def _interpreter_files() -> list[str]:
