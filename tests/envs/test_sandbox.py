@@ -294,7 +294,12 @@ def test_reading_host_files_ends_as_filesystem(sandboxed, host_secret, path):
     path = path.replace("SECRET", str(host_secret))
     code = "import os\n" + f"print(open({path!r}.replace('PPID', str(os.getppid())), 'rb').read())"
     result = sandboxed(code)
-    assert_contained(result, "filesystem")
+    if sandboxed.way.startswith("os") and Path(path).is_relative_to("/tmp"):
+        # a checkout under /tmp: the sandbox's /tmp is a private, empty tmpfs, so the host file is simply not
+        # in it (reading it fails; nothing outside the sandbox was touched, so there is no violation to report)
+        assert result.reward == 0.0 and result.violation is None and "FileNotFoundError" in result.detail
+    else:
+        assert_contained(result, "filesystem")
     assert result.stdout == "" and "s3cr3t" not in result.detail
 
 
