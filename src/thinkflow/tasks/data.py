@@ -64,28 +64,27 @@ def read_records(task: str, file: Path, fields: tuple[str, ...], check: RecordCh
     except UnicodeDecodeError as err:
         raise TaskError(f"{task} data: {file}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if file.suffix == ".json" and text.lstrip().startswith("["):  # one JSON array (datasets reads these too)
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise TaskError(
-                f"{task} data: {file}, line {err.lineno}: bad JSON ({err.msg}, column {err.colno})"
-            ) from None
+        records = _json(task, file, text)
         rows = [_checked(task, r, f"{file}, record {i}", fields, check) for i, r in enumerate(records, 1)]
     else:
         rows = []
         for lineno, line in enumerate(text.split("\n"), 1):  # JSON Lines: only \n ends a record
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TaskError(
-                    f"{task} data: {file}, line {lineno}: bad JSON ({err.msg}, column {err.colno})"
-                ) from None
+            record = _json(task, file, line, lineno)
             rows.append(_checked(task, record, f"{file}, line {lineno}", fields, check))
     if not rows:
         raise TaskError(f"{task} data: {file}: empty split (no records)")
     return rows
+
+
+def _json(task: str, file: Path, text: str, lineno: int | None = None):
+    """``json.loads``; bad JSON names the file and the line (``lineno`` when ``text`` is one line of it)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        line = err.lineno if lineno is None else lineno
+        raise TaskError(f"{task} data: {file}, line {line}: bad JSON ({err.msg}, column {err.colno})") from None
 
 
 def _checked(task: str, record, where: str, fields: tuple[str, ...], check: RecordCheck | None) -> dict:
