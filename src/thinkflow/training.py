@@ -1,13 +1,98 @@
-"""Helpers shared by the training stages (``pretrain``, ``rl``): the learning-rate schedule."""
+"""Helpers shared by the training stages (``pretrain``, ``rl``): the learning-rate schedule, AdamW with it,
+the Lightning ``Trainer`` and the HF-format export."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from thinkflow.checkpoints import CheckpointOnStop, save_hf
+from thinkflow.config import TrainerConfig
+from thinkflow.distributed import full_parameters, is_rank_zero
+from thinkflow.distributed.strategy import build_strategy
+from thinkflow.tracking import write_json
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """LR multiplier: linear warm-up to 1, cosine decay to ``min_ratio`` at ``total``."""
+    # Not transformers' get_cosine_schedule_with_warmup: that one starts its warm-up at 0 (step / warmup, here
+    # (step + 1) / warmup) and, past ``total``, its cosine climbs again (here it stays at ``min_ratio``).
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def adamw_warmup_cosine(
+    model: torch.nn.Module,
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr_ratio: float,
+) -> dict:
+    """AdamW (weight decay on matrices only, not on norms and biases) with the ``warmup_cosine`` schedule,
+    stepped every optimizer step: a ``LightningModule.configure_optimizers`` return value.
+
+    ``min_lr_ratio=1.0`` is warm-up, then a constant learning rate (the cosine term vanishes exactly)."""
+    params = list(model.parameters())
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=betas,
+    )
+    # a plain function: LambdaLR keeps it out of its state_dict (a callable object's attributes would go in)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup_steps, total_steps, min_lr_ratio))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def build_trainer(
+    tc: TrainerConfig,
+    *,
+    stage: str,
+    work: Path,
+    ckpt_dir: Path,
+    ckpt_every: int,
+    grad_clip: float,
+    max_steps: int,
+    **extra,
+) -> pl.Trainer:
+    """The ``pl.Trainer`` of a training stage: devices and strategy from ``trainer`` config (``grad_clip`` goes
+    into DeepSpeed's config), a ``last.ckpt`` every ``ckpt_every`` optimizer steps and on a stop request, no
+    sanity validation, no model summary. ``extra``: the stage's own ``Trainer`` arguments (logger, validation,
+    clipping, ...); without ``logger`` there is none (Lightning's default would write TensorBoard/CSV logs)."""
+    kwargs = {"logger": False} | extra
+    return pl.Trainer(
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        num_nodes=tc.num_nodes,
+        strategy=build_strategy(tc, grad_clip),
+        precision=tc.precision,
+        max_steps=max_steps,
+        callbacks=[
+            ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=ckpt_every, save_last=True),
+            CheckpointOnStop(ckpt_dir, stage),
+        ],
+        enable_progress_bar=tc.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(work),
+        **kwargs,
+    )
+
+
+def export_hf(model, tokenizer, hf_dir: Path, meta: dict | None = None) -> None:
+    """The HF-format checkpoint of ``model`` in ``hf_dir`` (and ``meta`` as ``thinkflow.json`` beside it). Every
+    rank calls it (ZeRO-3 gathers the full weights collectively); rank 0 writes."""
+    with full_parameters(model):
+        if is_rank_zero():
+            save_hf(model, tokenizer, hf_dir)
+            if meta is not None:
+                write_json(Path(hf_dir) / "thinkflow.json", meta)

@@ -13,7 +13,7 @@ from thinkflow.evaluation import greedy_accuracy
 from thinkflow.inference import HFEngine
 from thinkflow.profile.ledger import record_training
 from thinkflow.tasks import Problem, Task
-from thinkflow.training import warmup_cosine
+from thinkflow.training import adamw_warmup_cosine
 
 
 class CausalLMModule(pl.LightningModule):
@@ -86,14 +86,5 @@ class CausalLMModule(pl.LightningModule):
         self._t0 = None  # evaluation time is not training throughput
 
     def configure_optimizers(self):
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.lr,
-            betas=self.betas,
-        )
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, self.warmup_steps, self.max_steps, self.min_lr_ratio)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self.model, self.lr, self.betas, self.weight_decay, self.warmup_steps,
+                                   self.max_steps, self.min_lr_ratio)  # fmt: skip
