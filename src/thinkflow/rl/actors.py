@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import socket
 import threading
 import time
@@ -42,6 +41,8 @@ import torch
 
 from thinkflow import shutdown
 from thinkflow.config import ActorsConfig, ConfigError, RLConfig, TaskConfig
+from thinkflow.rl.experience import Experience
+from thinkflow.rl.seeds import prompt_rng, sampling_seed
 from thinkflow.tracking import write_json
 
 
@@ -142,10 +143,10 @@ class RolloutWorker:
             self.model.load_state_dict(state)
             self.engine = type(self.engine)(self.model, self.tokenizer)  # fresh fused weights
             self.version, sync_s = version, time.perf_counter() - start
-        rng = random.Random(f"{self.seed}-{batch_index}")
+        rng = prompt_rng(self.seed, batch_index)  # the refills draw from it too
         prompts = rng.sample(self.problems, min(self.rl.prompts_per_step, len(self.problems)))
         sampling = SamplingParams(temperature=self.rl.temperature, top_p=self.rl.top_p,
-                                  max_new_tokens=self.rl.max_new_tokens, seed=(self.seed * 1_000_003 + batch_index) * 64)  # fmt: skip
+                                  max_new_tokens=self.rl.max_new_tokens, seed=sampling_seed(self.seed, batch_index))  # fmt: skip
         t_gen = time.perf_counter()
         with stage_ledger() as ledger, phase("rollout"):
             rollouts = collect(
@@ -175,7 +176,10 @@ class StepStats:
 
 
 class AsyncExperience:
-    """The learner's side: actors, the in-flight batches, published weights, counters."""
+    """The learner's side: actors, the in-flight batches, published weights, counters (the experience source
+    interface of ``rl.experience``)."""
+
+    off_policy = True  # a batch may come from an older policy version than the learner's
 
     def __init__(self, cfg: ActorsConfig, rl: RLConfig, checkpoint: str, task: dict, problems: list, seed: int,
                  work: Path) -> None:  # fmt: skip
@@ -272,8 +276,9 @@ class AsyncExperience:
             for ref in ready:
                 self._probe_answered(ref)
 
-    def next(self, model) -> dict:
-        """The next usable batch (waits for one if none is ready); staleness-filtered."""
+    def next(self, model, step: int) -> Experience:
+        """The next usable batch (waits for one if none is ready); staleness-filtered. The actors number their
+        batches themselves (``step``, the learner's RL step, is not used)."""
         import ray
 
         if self.weights is None:  # first call (also after a resume): the learner's weights go out
@@ -307,7 +312,9 @@ class AsyncExperience:
                 continue
             self.stats.staleness.append(self.version - out["version"])
             self._fill()  # this actor starts its next batch while the learner learns from this one
-            return out
+            rollouts = out["rollouts"]
+            rollouts.metrics |= {"dist/behaviour_version": float(out["version"])}
+            return Experience(rollouts, compute=out["compute"])
 
     def settle(self, timeout: float = 120.0) -> dict[str, float]:
         """At the end of training: wait (bounded) for restarting actors to come back, then the final

@@ -7,13 +7,14 @@ batch of experience feeds several optimizer steps. Under DeepSpeed ZeRO-3 the pa
 gathered (a collective: every rank takes part) whenever the engine needs whole weights.
 
 Every rank samples its own prompts (data parallel); metrics are averaged over ranks and
-logged by rank 0 only, with the RL step as the x-axis.
+logged by rank 0 only, with the RL step as the x-axis. The experience comes from a source
+(``rl.experience``): sampled in this process with the current weights (``rl.mode=sync``) or from
+Ray actors with a slightly older policy (``rl.mode=async``, corrected with importance weights).
 """
 
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass, field, replace
 
@@ -24,13 +25,13 @@ from pytorch_lightning.strategies import DeepSpeedStrategy
 from thinkflow.config import RLConfig
 from thinkflow.distributed import all_mean, all_sum, full_parameters, global_rank, is_rank_zero, world_size
 from thinkflow.evaluation import greedy_accuracy, sampled_pass_at_1
-from thinkflow.inference import SamplingParams
-from thinkflow.profile.ledger import book, phase, record_forward, record_training
+from thinkflow.profile.ledger import book, record_forward, record_training
+from thinkflow.rl.experience import InProcessExperience
 from thinkflow.rl.objectives import ObjectiveConfig, policy_loss, truncated_is_weights
 from thinkflow.rl.rewards import RewardConfig
-from thinkflow.rl.rollout import collect, token_logprobs
+from thinkflow.rl.rollout import token_logprobs
 from thinkflow.tasks import Problem, Task
-from thinkflow.training import warmup_cosine
+from thinkflow.training import adamw_warmup_cosine
 
 
 class TrainingDivergedError(RuntimeError):
@@ -82,7 +83,7 @@ class GRPOModule(pl.LightningModule):
         ref_model=None,
         ckpt_hook=None,  # called with the RL step after each ckpt_every-th update (HF export)
         ckpt_dir: str = "the stage work directory",
-        source=None,  # rl.actors.AsyncExperience in rl.mode=async: experience from Ray actors
+        source=None,  # rl.actors.AsyncExperience in rl.mode=async; None: rl.experience.InProcessExperience
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -90,12 +91,16 @@ class GRPOModule(pl.LightningModule):
         self.train_problems, self.val_problems = train_problems, val_problems
         self.rl, self.seed, self.policy = rl, seed, policy
         self.tracker, self.run_id, self.ckpt_hook, self.ckpt_dir = tracker, run_id, ckpt_hook, ckpt_dir
+        self.objective, self.reward_cfg = ObjectiveConfig.from_rl(rl), RewardConfig.from_rl(rl)
+        if source is None:  # rl.mode=sync: sampled here, from the current weights, through the policy's engine
+            source = InProcessExperience(
+                policy, tokenizer, task, train_problems, rl, seed, self.reward_cfg, self.objective
+            )
         self.source = source
         # The reference model stays outside the module tree: never trained, sharded or saved.
         object.__setattr__(self, "ref_model", ref_model)
         if rl.beta > 0 and ref_model is None:
             raise ValueError("rl.beta > 0 needs a reference model, but none was loaded")
-        self.objective, self.reward_cfg = ObjectiveConfig.from_rl(rl), RewardConfig.from_rl(rl)
         self.updates_per_step = rl.ppo_epochs * rl.minibatches
         g = rl.guards
         self.guards = Guards(window=g.window, collapse_ratio=g.reward_collapse_ratio, min_len=g.min_response_len)
@@ -121,8 +126,7 @@ class GRPOModule(pl.LightningModule):
         t2 = time.perf_counter()
         learn = self._learn(step, rollouts)
         self.policy.mark_updated()  # the next engine() call brings the new weights to the sampler
-        if self.source is not None:
-            self.source.publish(self.model)  # a new policy version for the actors
+        self.source.publish(self.model)  # a new policy version (for the actors, in rl.mode=async)
         learner_s = time.perf_counter() - t2
         learner_tokens = learn.pop("_tokens")
         metrics = rollouts.metrics | learn
@@ -134,12 +138,7 @@ class GRPOModule(pl.LightningModule):
             "perf/weight_sync_s": sync_s,
             "perf/step_s": time.perf_counter() - t0,
         }
-        step_s = time.perf_counter() - t0
-        if self.source is not None:
-            metrics |= self.source.step_metrics(step_s)
-        else:  # synchronous: the learner waits while the rollouts are generated, and nothing moves
-            metrics |= {"dist/learner_idle_frac": (rollout_s + sync_s) / max(step_s, 1e-9),
-                        "dist/staleness_mean": 0.0, "dist/bytes_per_step": 0.0}  # fmt: skip
+        metrics |= self.source.step_metrics(time.perf_counter() - t0)
         metrics = all_mean(metrics)
         metrics |= self.guards.update(metrics["rl/reward_mean"], metrics["rl/response_len"])
         metrics["rl/lr"] = self.lr_schedulers().get_last_lr()[0]
@@ -152,23 +151,12 @@ class GRPOModule(pl.LightningModule):
             self.ckpt_hook(step + 1)
 
     def collect_rollouts(self, step: int):
-        """This rank's experience for RL step ``step``; (Rollouts, sync seconds). Synchronous: sampled now
-        from the current weights. Async: the next fresh-enough batch from the actors."""
-        if self.source is not None:
-            out = self.source.next(self.model)
-            for name, totals in out["compute"].items():  # the actors' generation, in this stage's ledger
-                book(name, totals)
-            rollouts = out["rollouts"]
-            rollouts.metrics |= {"dist/behaviour_version": float(out["version"])}
-            return rollouts, 0.0
-        with full_parameters(self.model), phase("rollout"):
-            engine, sync_s = self.policy.engine(self.model, self.tokenizer)
-            rollouts = collect(
-                engine, self.task, self._prompts(step), self.rl.group_size, self._sampling(step), self.reward_cfg,
-                self.objective, more_problems=self._more_prompts(step), max_refill=self.rl.max_refill,
-            )  # fmt: skip
-        self.model.train()
-        return rollouts, sync_s
+        """This rank's experience for RL step ``step``; (Rollouts, weight-sync seconds). Synchronous: sampled
+        now from the current weights. Async: the next fresh-enough batch from the actors."""
+        exp = self.source.next(self.model, step)
+        for name, totals in exp.compute.items():  # generation done elsewhere (the actors), in this stage's ledger
+            book(name, totals)
+        return exp.rollouts, exp.sync_s
 
     def _learn(self, step: int, rollouts) -> dict[str, float]:
         """``ppo_epochs`` passes of ``minibatches`` clipped-objective updates on one batch of rollouts."""
@@ -180,8 +168,8 @@ class GRPOModule(pl.LightningModule):
             with torch.no_grad():
                 ref_logp = token_logprobs(self.ref_model, batch)
             record_forward("learn", self.model.config, batch.attention_mask.sum(-1).tolist(), time.perf_counter() - t0)
-        is_weights = None
-        if self.source is not None:  # off-policy: truncated IS weights against the learner's current policy
+        is_weights, extra = None, {}
+        if self.source.off_policy:  # truncated IS weights against the learner's current policy
             with torch.no_grad():
                 prox = token_logprobs(self.model, batch)
             is_weights, truncated = truncated_is_weights(prox, batch.old_logp, batch.loss_mask, self.rl.actors.is_cap)
@@ -227,25 +215,11 @@ class GRPOModule(pl.LightningModule):
                 stats["rl/ratio"] += out.ratio_mean
                 stats["rl/entropy"] += float((entropy.detach() * mb.loss_mask).sum() / n_tok)
         stats = {k: v / self.updates_per_step for k, v in stats.items()}
-        return stats | {"_tokens": tokens} | (extra if is_weights is not None else {})
+        return stats | {"_tokens": tokens} | extra
 
     @property
     def _deepspeed(self) -> bool:
         return isinstance(self.trainer.strategy, DeepSpeedStrategy)  # clips gradients itself
-
-    def _prompts(self, step: int) -> list[Problem]:
-        rng = random.Random(f"{self.seed}-{step}-{global_rank()}")
-        return rng.sample(self.train_problems, min(self.rl.prompts_per_step, len(self.train_problems)))
-
-    def _more_prompts(self, step: int):
-        rng = random.Random(f"{self.seed}-{step}-{global_rank()}-refill")
-        return lambda n: rng.sample(self.train_problems, min(n, len(self.train_problems)))
-
-    def _sampling(self, step: int) -> SamplingParams:
-        seed = (self.seed * 1_000_003 + step) * 64 + global_rank()
-        return SamplingParams(
-            temperature=self.rl.temperature, top_p=self.rl.top_p, max_new_tokens=self.rl.max_new_tokens, seed=seed
-        )
 
     # ---- evaluation, guards, logging ---------------------------------------------------
     def evaluate(self, step: int) -> dict:
@@ -322,22 +296,16 @@ class GRPOModule(pl.LightningModule):
 
     # ---- optimizer and resumable state --------------------------------------------------
     def configure_optimizers(self):
-        decay = [p for p in self.model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.rl.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.rl.lr,
-            betas=self.rl.betas,
-        )
+        """AdamW with a linear warm-up over ``rl.warmup_steps`` RL steps, then a constant learning rate
+        (``min_lr_ratio=1``); the schedule counts optimizer steps."""
         per = self.updates_per_step
-        warm, total = self.rl.warmup_steps * per, self.rl.max_steps * per
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warm, total, 1.0) if warm else 1.0)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self.model, self.rl.lr, self.rl.betas, self.rl.weight_decay,
+                                   self.rl.warmup_steps * per, self.rl.max_steps * per, min_lr_ratio=1.0)  # fmt: skip
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["thinkflow_rl"] = {
             "evals": self.evals, "samples": self.sample_rows, "rewards": self.guards.rewards,
-            "lengths": self.guards.lengths, "actors": self.source.state() if self.source is not None else {},
+            "lengths": self.guards.lengths, "actors": self.source.state(),
         }  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -346,5 +314,4 @@ class GRPOModule(pl.LightningModule):
         self.sample_rows = state.get("samples", [])
         self.guards.rewards = state.get("rewards", [])
         self.guards.lengths = state.get("lengths", [])
-        if self.source is not None:  # a resumed learner: new actors, its policy version and counters
-            self.source.load_state(state.get("actors", {}))
+        self.source.load_state(state.get("actors", {}))  # async: new actors, its policy version and counters
