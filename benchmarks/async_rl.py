@@ -34,8 +34,8 @@ def run(init: str, steps: int, extra: list[str]) -> dict:
     result, series = rl_stage_run(init, [f"rl.max_steps={steps}", *extra])
     last = lambda key: (series(key) or [0.0])[-1]  # noqa: E731
     return {
-        "wall_s": result["wall_s"], "gain": result["gain_pass@1"], "start": result["val_pass@1_start"],
-        "end": result["val_pass@1"], "staleness": statistics.mean(series("dist/staleness_mean")),
+        "wall_s": result.metrics["wall_s"], "gain": result.metrics["gain_pass@1"], "start": result.metrics["val_pass@1_start"],
+        "end": result.metrics["val_pass@1"], "staleness": statistics.mean(series("dist/staleness_mean")),
         "bytes": sum(series("dist/bytes_per_step")), "idle": statistics.mean(series("dist/learner_idle_frac")),
         "dropped": last("dist/dropped_stale"), "lost": last("dist/lost_batches"),
     }  # fmt: skip

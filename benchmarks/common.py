@@ -61,6 +61,6 @@ def rl_stage_run(init: str, overrides: list[str]) -> tuple[dict, Callable[[str],
     client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
 
     def series(key: str) -> list[float]:
-        return [m.value for m in sorted(client.get_metric_history(result["run_id"], key), key=lambda m: m.step)]
+        return [m.value for m in sorted(client.get_metric_history(result.run_id, key), key=lambda m: m.step)]
 
     return result, series

@@ -34,7 +34,7 @@ LIKE_TRL = "thinkflow, grpo (every group trained, as TRL does)"
 def pretrained_checkpoint() -> str:
     config = compose(["trainer.progress_bar=false"])
     config.pop("hydra", None)
-    return run_stage("pretrain", config, start_pipeline_run(config, None), {}, None)["checkpoint"]
+    return run_stage("pretrain", config, start_pipeline_run(config, None), {}, None).checkpoint
 
 
 def ours(init: str, steps: int, extra: list[str]) -> dict:

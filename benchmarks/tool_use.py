@@ -5,7 +5,7 @@
 Runs ``python flows/pipeline.py -m experiment=tool_use`` (a 2-job Hydra sweep over
 ``task.env.tools=true,false``) in a fresh root, timing it, then reads both jobs' MLflow runs:
 held-out pass@1 with its 95% bootstrap CI and maj@16 for the pretrained and the RL checkpoint, the
-share of well-formed tool calls and calls per episode (temperature-1 episodes of ``ttc_eval``), the
+share of well-formed tool calls and calls per episode (temperature-1 episodes of ``ttc``), the
 RL stage's gain and each stage's wall time. Results go to docs/benchmarks.md.
 """
 
@@ -41,9 +41,9 @@ def job_results(root: Path) -> dict[str, dict]:
         stages = {
             r.data.tags.get("stage"): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
         }
-        ttc = client.get_run(stages["ttc_eval"].info.run_id).data.metrics
+        ttc = client.get_run(stages["ttc"].info.run_id).data.metrics
         rl = stages["rl"].data.metrics
-        points = _points(client, stages["ttc_eval"].info.run_id)
+        points = _points(client, stages["ttc"].info.run_id)
         row = {"wall_s": {s: (r.info.end_time - r.info.start_time) / 1000 for s, r in stages.items() if s},
                "rl_gain": rl.get("rl/gain_pass_at_1")}  # fmt: skip
         for ckpt in ("pretrain", "rl"):
@@ -52,7 +52,7 @@ def job_results(root: Path) -> dict[str, dict]:
             row[ckpt] = {"pass1": p1.accuracy, "ci": (p1.ci_low, p1.ci_high), "maj16": maj.accuracy,
                          "maj_ci": (maj.ci_low, maj.ci_high),
                          "well_formed": ttc.get(f"ttc/{ckpt}/env/well_formed_call_frac"),
-                         "grounded": _grounded_share(client, stages["ttc_eval"].info.run_id, ckpt),
+                         "grounded": _grounded_share(client, stages["ttc"].info.run_id, ckpt),
                          "calls": ttc.get(f"ttc/{ckpt}/env/tool_calls_per_episode"),
                          "invalid": ttc.get(f"ttc/{ckpt}/env/invalid_action_rate")}  # fmt: skip
         out["with calculator" if tools else "without calculator"] = row

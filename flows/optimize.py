@@ -96,7 +96,7 @@ def optimize(trials: int, space: dict[str, tuple], base: list[str], study_name: 
         result = pipeline(compose([*base, *overrides]), {SWEEP_TAG: study_name, "optuna.trial": str(trial.number),
                                                           "sweep.overrides": " ".join(overrides)})  # fmt: skip
         trial.set_user_attr("parent_run_id", result["parent_run_id"])
-        return float(result["rl"]["val_pass@1"])
+        return float(result["rl"].metrics["val_pass@1"])
 
     study.optimize(objective, n_trials=trials)
     table = study.trials_dataframe(attrs=("number", "value", "params", "user_attrs", "state"))

@@ -11,6 +11,7 @@ the Prefect UI can pass it too. Stages pass paths and run ids, not objects.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -21,6 +22,10 @@ import time
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # Offline-friendly: no usage telemetry from the local Prefect server (it fails noisily offline).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# thinkflow's log lines (thinkflow.logs) also on the flow run in the Prefect UI; lines outside a flow run (config
+# checks before it) stay local without a warning.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "thinkflow")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
@@ -34,8 +39,8 @@ from thinkflow import liveness, quiet, shutdown  # noqa: E402
 from thinkflow.caching import identity_key, result_files_exist, stage_identity, stage_lock  # noqa: E402
 from thinkflow.composition import compose  # noqa: E402
 from thinkflow.config import ConfigError, drop_removed_stages, preflight, validate  # noqa: E402
+from thinkflow.registry import StageResult  # noqa: E402
 from thinkflow.runner import (  # noqa: E402
-    STAGES,
     closing_summary,
     enabled_stages,
     end_pipeline_run,
@@ -50,24 +55,25 @@ from thinkflow.tasks import TaskError  # noqa: E402
 # A stage task is cached on its identity alone (config sections, upstream results, code; see
 # thinkflow.caching) plus its source, never on the whole config or the parent run id, so a run that
 # changes only ttc.* reuses pretrain and rl. Results are persisted for the next pipeline run.
+log = logging.getLogger("thinkflow")
 quiet.silence()  # third-party noise that tells a user nothing (thinkflow.quiet)
 STAGE_CACHE = (INPUTS - "config" - "parent_run_id" - "upstream") + TASK_SOURCE
 
 
-def _stage_task(name: str):
+@functools.cache
+def stage_task(name: str):
+    """The Prefect task running one stage (one per registered stage, made on first use)."""
+
     # log_prints off inside stages: dill (used by HF datasets for fingerprints) captures
     # stdout to disassemble functions, and Prefect's print capture floods the log with it.
     @task(name=name, task_run_name=name, log_prints=False, persist_result=True, cache_policy=STAGE_CACHE)
-    def _run(config: dict, parent_run_id: str, upstream: dict, identity: dict) -> dict:
+    def _run(config: dict, parent_run_id: str, upstream: dict, identity: dict) -> StageResult:
         result = run_stage(name, config, parent_run_id, upstream, flow_run.get_id())
-        if "summary_md" in result:  # a stage's summary table, shown on the flow run in the Prefect UI
-            create_markdown_artifact(markdown=result.pop("summary_md"), key=f"{name.replace('_', '-')}-summary")
-        return result | {"identity_key": identity_key(identity)}
+        if result.summary_md:  # a stage's summary table, shown on the flow run in the Prefect UI
+            create_markdown_artifact(markdown=result.summary_md, key=f"{name.replace('_', '-')}-summary")
+        return result.model_copy(update={"summary_md": None, "identity_key": identity_key(identity)})
 
     return _run
-
-
-STAGE_TASKS = {name: _stage_task(name) for name in STAGES}
 
 
 @flow(name="pipeline", log_prints=True)
@@ -80,7 +86,7 @@ def pipeline(config: dict, tags: dict[str, str] | None = None) -> dict:
     parent = start_pipeline_run(config, flow_run.get_id(), tags)
     setup = time.perf_counter() - t0  # config checks, tracking store and the parent run
     cfg = validate(config)
-    results: dict = {}
+    results: dict[str, StageResult] = {}
     reused: set[str] = set()
     running: list = []  # the stage task in flight
     shutdown.reset()
@@ -109,27 +115,28 @@ def scheduled_pipeline(config_name: str = "pipeline", overrides: list[str] | Non
     return pipeline(compose(overrides, config_name), {"trigger": "deployment"})
 
 
-def _run_or_reuse(name: str, config: dict, parent: str, results: dict, cache, reused: set[str],
-                  running: list) -> dict:  # fmt: skip
+def _run_or_reuse(
+    name: str, config: dict, parent: str, results: dict[str, StageResult], cache, reused: set[str], running: list
+) -> StageResult:
     """Run the stage's task; when Prefect serves it from the cache, record the reuse in MLflow
     (or recompute, if the files the cached result points to are gone). Under the stage's lock: a pipeline
     reaching a stage another one is running waits, then submits and finds its result in the cache."""
     identity = stage_identity(name, config, results)
     refresh = not cache.enabled or name in cache.refresh
-    stage_task = STAGE_TASKS[name].with_options(refresh_cache=True) if refresh else STAGE_TASKS[name]
+    task_ = stage_task(name).with_options(refresh_cache=True) if refresh else stage_task(name)
     with stage_lock(name, identity, config["paths"]["work_dir"]):
-        result, state = _result(stage_task.submit(config, parent, dict(results), identity), running)
+        result, state = _result(task_.submit(config, parent, dict(results), identity), running)
         if state == "Cached":
             if not result_files_exist(result):
-                print(f"{name}: the cached result's files are gone; recomputing")
-                stage_task = STAGE_TASKS[name].with_options(refresh_cache=True)
-                return _result(stage_task.submit(config, parent, dict(results), identity), running)[0]
+                log.info("%s: the cached result's files are gone; recomputing", name)
+                task_ = stage_task(name).with_options(refresh_cache=True)
+                return _result(task_.submit(config, parent, dict(results), identity), running)[0]
             record_reuse(name, config, parent, result, flow_run.get_id())
             reused.add(name)
     return result
 
 
-def _result(future, running: list) -> tuple[dict, str]:
+def _result(future, running: list) -> tuple[StageResult, str]:
     """The task's result and final state name. Waited for in short slices: the stage runs in a worker thread,
     and a SIGTERM the kernel hands to that thread only reaches Python's handler (in the main thread) when the
     main thread runs bytecode, which an unbounded wait would put off until the stage ended."""

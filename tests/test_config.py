@@ -7,7 +7,7 @@ import yaml
 from pydantic import BaseModel
 
 from tests.conftest import ROOT, compose
-from thinkflow.config import ConfigError, PipelineConfig, validate
+from thinkflow.config import ConfigError, pipeline_model, validate
 
 CONF = ROOT / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra"))
@@ -86,7 +86,7 @@ def test_yaml_values_have_no_second_default_in_the_schema(path):
     default, so the CLI (YAML) and code that builds configs from the schema cannot run different settings."""
     text = path.read_text()
     data = {k: v for k, v in (yaml.safe_load(text) or {}).items() if k not in ("defaults", "hydra")}
-    model, where = PipelineConfig, ""
+    model, where = pipeline_model(), ""
     if path != CONF / "pipeline.yaml" and "# @package _global_" not in text:
         assert "# @package" not in text, f"{path}: a package this test does not map"
         for group in path.relative_to(CONF).parent.parts:  # a group option lands at <group>

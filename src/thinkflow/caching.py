@@ -20,16 +20,10 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from thinkflow import liveness, shutdown
+from thinkflow import liveness, logs, shutdown
+from thinkflow.registry import StageResult, stage_spec
 from thinkflow.tracking import resolve_uri
 
-STAGE_INPUTS = {
-    "pretrain": ("task", "model", "pretrain", "trainer", "seed"),
-    "rl": ("task", "model", "rl", "trainer", "seed"),
-    "ttc_eval": ("task", "ttc", "seed"),
-    "compare": ("task", "compare", "seed"),
-}
-STAGE_UPSTREAM = {"pretrain": (), "rl": ("pretrain",), "ttc_eval": ("pretrain", "rl"), "compare": ("pretrain", "rl")}
 REUSED_TAG = "thinkflow.reused_from"
 
 
@@ -44,28 +38,29 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def stage_identity(name: str, config: dict, upstream: dict) -> dict:
-    sections = {key: config.get(key) for key in STAGE_INPUTS[name]}
+def stage_identity(name: str, config: dict, upstream: dict[str, StageResult]) -> dict:
+    """What determines a stage's result: its section and ``inputs`` (``StageSpec``), where results live, the
+    results of its ``upstream`` stages and the code."""
+    spec = stage_spec(name)
+    sections = {key: config.get(key) for key in (spec.name, *spec.inputs)}
     # where results live, made absolute: `paths.root=.` in two checkouts are two different stores
     root = Path(config["paths"]["root"]).resolve()
     tracking = config.get("tracking") or {}
     sections["paths"] = {"root": str(root), "work_dir": str(Path(config["paths"]["work_dir"]).resolve())}
     sections["tracking"] = tracking | {"uri": resolve_uri(tracking.get("uri"), root)}
     inputs = {
-        stage: [r.get("identity_key"), r.get("run_id")]
-        for stage, r in upstream.items()
-        if stage in STAGE_UPSTREAM[name]
+        stage: [r.identity_key, r.run_id] for stage, r in upstream.items() if stage in spec.upstream
     }  # the results this stage consumes, not every earlier one
-    return {"stage": name, "config": sections, "upstream": inputs, "code": code_version()}
+    return {"stage": spec.name, "config": sections, "upstream": inputs, "code": code_version()}
 
 
 def identity_key(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def result_files_exist(result: dict) -> bool:
+def result_files_exist(result: StageResult) -> bool:
     """A reused result is only good while the files it points to are still there."""
-    return all(Path(result[k]).exists() for k in ("checkpoint", "table") if result.get(k))
+    return all(Path(f).exists() for f in result.files())
 
 
 @contextmanager
@@ -88,7 +83,7 @@ def stage_lock(name: str, identity: dict, work_dir: str | Path) -> Iterator[Path
             pid = json.loads(owner.read_text())["pid"]
         except (OSError, ValueError, KeyError):
             pid = "?"
-        print(f"{name}: waiting for another pipeline (pid {pid}) running the same stage; lock {path}", flush=True)
+        logs.get(name).info("waiting for another pipeline (pid %s) running the same stage; lock %s", pid, path)
         lock.acquire(poll_interval=0.2)  # a Python loop: SIGTERM and Ctrl-C still stop the pipeline meanwhile
     try:
         owner.write_text(json.dumps(liveness.this_process()))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pytorch_lightning.callbacks import Callback
 
-from thinkflow import shutdown
+from thinkflow import logs, shutdown
 from thinkflow.models import CheckpointError
 
 
@@ -46,7 +46,7 @@ def training_dirs(work: Path, stage: str) -> tuple[Path, Path, Path | None]:
     if not resume.exists():
         return ckpt_dir, hf_dir, None
     check_resume_checkpoint(resume)
-    print(f"{stage}: resuming from {resume}")
+    logs.get(stage).info("resuming from %s", resume)
     return ckpt_dir, hf_dir, resume
 
 

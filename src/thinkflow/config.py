@@ -14,11 +14,13 @@ entry leaves out take the defaults written here.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from thinkflow.catalog import TASKS, build_task
+from thinkflow.registry import canonical_name, stage_names, stage_specs
 
 
 class ConfigError(ValueError):
@@ -392,7 +394,16 @@ class TrackingConfig(_Strict):
 
 class CacheConfig(_Strict):
     enabled: bool  # reuse a stage's result when its config, upstream results and code are unchanged
-    refresh: list[Literal["pretrain", "rl", "ttc_eval", "compare"]]  # recompute these anyway
+    refresh: list[str]  # recompute these stages anyway (stage names)
+
+    @field_validator("refresh")
+    @classmethod
+    def _stage_names(cls, names: list[str]) -> list[str]:
+        names = [canonical_name(n) for n in names]
+        unknown = [n for n in names if n not in stage_names()]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; the stages are {', '.join(stage_names())}")
+        return names
 
 
 class ProfileConfig(_Strict):
@@ -407,6 +418,9 @@ class PathsConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
+    """The sections every pipeline has. Each registered stage adds its own optional section (``pipeline_model``):
+    null turns the stage off (``~rl`` on the command line, ``rl: null`` in an experiment)."""
+
     seed: int
     run_name: str | None
     stop_grace_s: float = Field(ge=0)
@@ -417,41 +431,34 @@ class PipelineConfig(_Strict):
     tracking: TrackingConfig
     cache: CacheConfig
     profile: ProfileConfig
-    # null: the stage is off (`~rl` on the command line, `rl: null` in an experiment)
-    pretrain: PretrainConfig | None
-    rl: RLConfig | None
-    ttc: TTCConfig | None
-    compare: CompareConfig | None
 
-    @property
-    def ttc_checkpoints(self) -> list[str]:
-        """The stages in ``ttc.checkpoints`` that run in this pipeline (those are evaluated)."""
-        return [c for c in self.ttc.checkpoints if getattr(self, c) is not None] if self.ttc else []
+    def enabled(self, stage: str) -> bool:
+        return getattr(self, stage, None) is not None
 
     @model_validator(mode="after")
     def _stages(self) -> PipelineConfig:
-        training = [name for name in ("pretrain", "rl") if getattr(self, name) is not None]
+        training = [s.name for s in stage_specs() if s.trains and self.enabled(s.name)]
         if self.task.evaluation_only and training:
             raise ValueError(
                 f"task {self.task.name} is evaluation-only (no training split), but {' and '.join(training)} would "
                 f"train on it: drop them ({' '.join('~' + t for t in training)}) and evaluate a checkpoint with "
                 "ttc.init_from=DIR, or compare"
             )
-        if self.rl is not None and self.pretrain is None and not self.rl.init_from:
-            raise ValueError("rl needs a starting checkpoint: enable pretrain or set rl.init_from")
-        if self.ttc is not None and not self.ttc.init_from and not self.ttc_checkpoints:
-            raise ValueError(
-                f"ttc: none of ttc.checkpoints={self.ttc.checkpoints} runs in this pipeline; enable one of "
-                "those stages or set ttc.init_from"
-            )
-        if self.rl is not None and self.rl.mode == "async" and self.trainer.world_size > 1:
-            raise ValueError("rl.mode=async runs one learner process with Ray actors; set trainer.devices=1")
-        if self.rl is not None and self.rl.backend == "vllm" and self.trainer.world_size > 1:
-            raise ValueError("rl.backend=vllm runs single-process; use backend=hf with several devices")
+        for spec in stage_specs():
+            if spec.check is not None and self.enabled(spec.name):
+                spec.check(self)
         return self
 
 
-STAGE_SECTIONS = ("pretrain", "rl", "ttc", "compare")
+def pipeline_model() -> type[PipelineConfig]:
+    """The whole config's schema: the common sections plus one optional section per registered stage."""
+    return _pipeline_model(tuple((s.name, s.config) for s in stage_specs()))
+
+
+@functools.cache
+def _pipeline_model(sections: tuple[tuple[str, type[BaseModel]], ...]) -> type[PipelineConfig]:
+    fields: dict = {name: (schema | None, ...) for name, schema in sections}  # required: null, not absent
+    return create_model("PipelineConfig", __base__=PipelineConfig, **fields)
 
 
 def drop_removed_stages(config: dict, overrides: list[str]) -> dict:
@@ -459,7 +466,7 @@ def drop_removed_stages(config: dict, overrides: list[str]) -> dict:
     re-create a partial section from the preset's keys)."""
     for override in overrides:
         name = override[1:].split("=", 1)[0] if override.startswith("~") else None
-        if name in STAGE_SECTIONS:
+        if name in stage_names():
             config[name] = None
     return config
 
@@ -475,7 +482,7 @@ def preflight(config: dict) -> PipelineConfig:
 def validate(config: dict) -> PipelineConfig:
     """Validate a resolved config dict; raise ConfigError naming each bad key."""
     try:
-        return PipelineConfig.model_validate(config)
+        return pipeline_model().model_validate(config)
     except ValidationError as err:
         lines = []
         for e in err.errors():

@@ -1,24 +1,20 @@
-"""Stage registry and the tracking around each stage (called by the Prefect flow).
-
-Adding a stage = one function here in ``STAGES`` (and its config group); the flow iterates
-over the registry in order and runs each stage whose config section is present.
+"""The tracking around each stage (called by the Prefect flow): the parent run, a child run per stage, reuse
+records and the closing summary. The stages themselves are declared in their modules (``thinkflow.registry``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
+from thinkflow import logs
 from thinkflow.caching import REUSED_TAG
-from thinkflow.compare import run_compare
 from thinkflow.config import PipelineConfig, validate
 from thinkflow.distributed import world_size
 from thinkflow.distributed.launch import launch
-from thinkflow.pretrain.stage import run_pretrain
 from thinkflow.profile.ledger import PeakMemory, stage_ledger
 from thinkflow.profile.pipeline import pipeline_profile, stage_metrics
-from thinkflow.rl.stage import run_rl
+from thinkflow.registry import StageResult, StageSpec, stage_spec, stage_specs
 from thinkflow.stages import StageContext
 from thinkflow.tracking import (
     FLOW_RUN_TAG,
@@ -30,25 +26,8 @@ from thinkflow.tracking import (
     resolve_uri,
     server_problem,
 )
-from thinkflow.ttc.stage import run_ttc_eval
 
-StageFn = Callable[[PipelineConfig, StageContext], dict]
-HEADLINE_KEYS = (
-    "val_acc",
-    "val_pass@1",
-    "pass_at_1",
-    "pass_at_1_ci_low",
-    "pass_at_1_ci_high",
-    "maj_at_16",
-    "maj_gain",
-)  # stage result keys repeated on the parent run as <stage>/<key>
-STAGES: dict[str, StageFn] = {
-    "pretrain": run_pretrain, "rl": run_rl, "ttc_eval": run_ttc_eval, "compare": run_compare
-}  # fmt: skip
-SECTIONS = {"ttc_eval": "ttc"}  # config section of a stage, where it differs from the stage name
-TRAINING_STAGES = ("pretrain", "rl")  # stages that run on trainer.devices processes
-
-log = logging.getLogger("thinkflow")
+log = logging.getLogger("thinkflow")  # "<stage>: ..." lines name their stage themselves
 
 
 def open_tracker(cfg: PipelineConfig) -> Tracker:
@@ -56,7 +35,13 @@ def open_tracker(cfg: PipelineConfig) -> Tracker:
 
 
 def enabled_stages(cfg: PipelineConfig) -> list[str]:
-    return [name for name in STAGES if getattr(cfg, SECTIONS.get(name, name), None) is not None]
+    """The stages this config runs (their section is set), in pipeline order."""
+    return [spec.name for spec in stage_specs() if cfg.enabled(spec.name)]
+
+
+def headline(spec: StageSpec, result: StageResult) -> dict[str, float]:
+    """The stage's headline metrics as they go on the parent run (``<stage>/<key>``)."""
+    return {f"{spec.name}/{k}": result.metrics[k] for k in spec.headline if k in result.metrics}
 
 
 def start_pipeline_run(config: dict, flow_run_id: str | None, tags: dict[str, str] | None = None) -> str:
@@ -70,11 +55,11 @@ def start_pipeline_run(config: dict, flow_run_id: str | None, tags: dict[str, st
     run_id = tracker.start_run(cfg.run_name or "pipeline", tags)
     tracker.log_params(run_id, flatten(config))
     tracker.log_dict(run_id, config, "config/resolved.yaml")
-    print(f"pipeline: MLflow parent run {run_id} at {tracker.uri}")
+    logs.get("pipeline").info("MLflow parent run %s at %s", run_id, tracker.uri)
     return run_id
 
 
-def end_pipeline_run(config: dict, run_id: str, results: dict, status: str) -> None:
+def end_pipeline_run(config: dict, run_id: str, results: dict[str, StageResult], status: str) -> None:
     """Copy each stage's headline metrics onto the parent run (for the runs table), then close it (or, with
     the tracking server down, keep its status to send at the next start)."""
     cfg = validate(config)
@@ -83,15 +68,14 @@ def end_pipeline_run(config: dict, run_id: str, results: dict, status: str) -> N
         defer_run_status(cfg.paths.root, uri, run_id, status)
         return
     tracker = open_tracker(cfg)
-    headline = {f"{stage}/{k}": r[k] for stage, r in results.items() for k in HEADLINE_KEYS if k in r}
-    tracker.log_metrics(run_id, headline)
+    tracker.log_metrics(run_id, {k: v for name, r in results.items() for k, v in headline(stage_spec(name), r).items()})
     if status != "FINISHED":  # a stage still running when the pipeline stopped ends with it
         tracker.end_open_children(run_id, status)
     tracker.end_run(run_id, status)
 
 
 def profile_pipeline_run(
-    config: dict, run_id: str, results: dict, reused: set[str], wall: float, setup: float
+    config: dict, run_id: str, results: dict[str, StageResult], reused: set[str], wall: float, setup: float
 ) -> str | None:
     """The compute-spend profile of this pipeline run on its parent run (``profile.enabled``)."""
     cfg = validate(config)
@@ -100,36 +84,42 @@ def profile_pipeline_run(
     return pipeline_profile(cfg, open_tracker(cfg), run_id, results, reused, wall, setup)
 
 
-def run_stage(name: str, config: dict, parent_run_id: str, upstream: dict, flow_run_id: str | None) -> dict:
-    """Run one stage inside its own MLflow child run (tagged ``stage=<name>``)."""
+def run_stage(
+    name: str, config: dict, parent_run_id: str, upstream: dict[str, StageResult], flow_run_id: str | None
+) -> StageResult:
+    """Run one stage inside its own MLflow child run (tagged ``stage=<name>``), on ``trainer.devices`` ranks
+    when it trains; it sees the results of its declared upstream stages."""
+    spec = stage_spec(name)
     cfg = validate(config)
     tracker = open_tracker(cfg)
-    tags = {STAGE_TAG: name, FLOW_RUN_TAG: flow_run_id or ""}
+    tags = {STAGE_TAG: spec.name, FLOW_RUN_TAG: flow_run_id or ""}
+    upstream = {k: r for k, r in upstream.items() if k in spec.upstream}
     memory = PeakMemory().start()
     try:
-        with tracker.run(name, tags, parent_run_id=parent_run_id) as run_id:
-            distributed = name in TRAINING_STAGES and world_size() == 1
-            if distributed and cfg.trainer.world_size > 1:  # one process per rank, via the configured launcher
+        with tracker.run(spec.name, tags, parent_run_id=parent_run_id) as run_id:
+            if spec.trains and world_size() == 1 and cfg.trainer.world_size > 1:  # one process per rank
                 spool = Path(cfg.paths.work_dir).resolve() / "launch" / run_id
-                result = launch(name, config, run_id, parent_run_id, upstream, cfg.trainer, spool)
-                phases = result.pop("compute", {})  # the ranks' ledgers, summed by the worker
+                result = launch(spec.name, config, run_id, parent_run_id, upstream, cfg.trainer, spool)
+                phases = result.profile.get("phases", {})  # the ranks' ledgers, summed by the worker
             else:
                 with stage_ledger() as ledger:
-                    result = STAGES[name](cfg, StageContext(tracker, run_id, parent_run_id, upstream))
+                    result = spec.run(cfg, StageContext(tracker, run_id, parent_run_id, upstream))
                 phases = ledger.as_dict()
-            result["profile"] = memory.stop() | {"phases": phases}  # wall, peak memory and compute by phase
-            tracker.log_metrics(run_id, stage_metrics(result["profile"]))
+            result.profile = memory.stop() | {"phases": phases}  # wall, peak memory and compute by phase
+            tracker.log_metrics(run_id, stage_metrics(result.profile))
     finally:
         memory.stop()
-    where = ", ".join(f"{k}={v}" for k, v in result.items() if k in ("checkpoint", "table", *HEADLINE_KEYS))
-    print(f"{name}: done; MLflow run {run_id}; {where}")
+    numbers = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if k in spec.headline)
+    where = ", ".join(f for f in (numbers, result.checkpoint or result.table or "") if f)
+    logs.get(spec.name).info("done; MLflow run %s; %s", run_id, where)
     return result
 
 
-def record_reuse(name: str, config: dict, parent_run_id: str, result: dict, flow_run_id: str | None) -> str:
+def record_reuse(name: str, config: dict, parent_run_id: str, result: StageResult, flow_run_id: str | None) -> str:
     """A child run saying this stage was reused, linking the run that produced its result."""
+    spec = stage_spec(name)
     tracker = open_tracker(validate(config))
-    source = result.get("run_id", "")
+    source = result.run_id
     note = (f"Reused: the `{name}` stage's config, upstream results and code are unchanged, so this pipeline "
             f"run reuses the result of run [{source}](#/experiments/{tracker.experiment_id}/runs/{source}); "
             "recompute it with `cache.refresh=[" + name + "]`.")  # fmt: skip
@@ -140,8 +130,8 @@ def record_reuse(name: str, config: dict, parent_run_id: str, result: dict, flow
         original = _run_or_none(tracker, source)
         if original is not None:
             tracker.log_params(run_id, original.data.params)
-        tracker.log_metrics(run_id, {f"{name}/{k}": result[k] for k in HEADLINE_KEYS if k in result})
-    print(f"{name}: reused the result of MLflow run {source} (unchanged config, inputs and code)")
+        tracker.log_metrics(run_id, headline(spec, result))
+    logs.get(name).info("reused the result of MLflow run %s (unchanged config, inputs and code)", source)
     return run_id
 
 
@@ -163,18 +153,18 @@ def closing_summary(config: dict, result: dict, flow_run_id: str | None = None) 
     parent = result.get("parent_run_id", "")
     ui = "http://127.0.0.1:5000" if uri.startswith("sqlite:") else uri.rstrip("/")
     lines = ["", "=" * 80, f"thinkflow: pipeline finished; MLflow parent run {parent}"]
-    for name in STAGES:
-        r = result.get(name)
-        if not isinstance(r, dict):
+    for spec in stage_specs():
+        r = result.get(spec.name)
+        if not isinstance(r, StageResult):
             continue
-        shown = [k for k in HEADLINE_KEYS if isinstance(r.get(k), int | float) and not k.startswith("pass_at_1_ci")]
-        numbers = ", ".join(f"{k}={r[k]:.3f}" for k in shown)
-        if "pass_at_1_ci_low" in r:  # the interval beside its estimate
-            ci = f"[{r['pass_at_1_ci_low']:.3f}, {r['pass_at_1_ci_high']:.3f}]"
-            numbers = numbers.replace(f"pass_at_1={r['pass_at_1']:.3f}", f"pass_at_1={r['pass_at_1']:.3f} {ci}")
-        where = r.get("checkpoint") or r.get("table") or ""
-        lines.append(f"  {name:<9} {numbers or '-'}")
-        lines.append(f"  {'':<9} run {r.get('run_id', '')}  {where}")
+        m = r.metrics
+        shown = [k for k in spec.headline if k in m and not k.startswith("pass_at_1_ci")]
+        numbers = ", ".join(f"{k}={m[k]:.3f}" for k in shown)
+        if "pass_at_1_ci_low" in m:  # the interval beside its estimate
+            ci = f"[{m['pass_at_1_ci_low']:.3f}, {m['pass_at_1_ci_high']:.3f}]"
+            numbers = numbers.replace(f"pass_at_1={m['pass_at_1']:.3f}", f"pass_at_1={m['pass_at_1']:.3f} {ci}")
+        lines.append(f"  {spec.name:<9} {numbers or '-'}")
+        lines.append(f"  {'':<9} run {r.run_id}  {r.checkpoint or r.table or ''}")
     if uri.startswith("sqlite:"):
         lines.append(f"  look:     mlflow ui --backend-store-uri {uri}")
     lines.append(f"            {ui}/#/experiments/{tracker.experiment_id}/runs/{parent}")

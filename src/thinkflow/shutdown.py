@@ -33,6 +33,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from thinkflow import logs
+
+log = logs.get("stop")
+
 _requested = threading.Event()
 _hooks: dict[int, tuple[str, Callable[[], None] | None, Callable[[], None] | None]] = {}
 _ids = itertools.count()
@@ -140,7 +144,7 @@ def _call(which: int) -> None:
         try:
             fn()
         except Exception as err:  # noqa: BLE001 - stopping goes on with the others
-            print(f"stop: ending {name} failed: {type(err).__name__}: {err}")
+            log.warning("ending %s failed: %s: %s", name, type(err).__name__, err)
 
 
 def stop(grace_s: float, running: Callable[[], bool]) -> bool:
@@ -148,7 +152,7 @@ def stop(grace_s: float, running: Callable[[], bool]) -> bool:
     running work ended within the grace period."""
     _requested.set()
     _hold_signals()
-    print(f"stop requested: the running stage saves its state at its next step (up to {grace_s:.0f} s)", flush=True)
+    log.info("requested; the running stage saves its state at its next step (up to %.0f s)", grace_s)
     try:
         _call(0)
         deadline = time.monotonic() + grace_s
@@ -156,8 +160,8 @@ def stop(grace_s: float, running: Callable[[], bool]) -> bool:
             time.sleep(0.1)
         ended = not running()
         if _again and not ended:
-            print(f"stop: {signal.Signals(_again[0]).name} again: not waiting for the stage any longer; ending what "
-                  "it started", flush=True)  # fmt: skip
+            log.info("%s again: not waiting for the stage any longer; ending what it started",
+                     signal.Signals(_again[0]).name)  # fmt: skip
     finally:
         _call(1)
     return ended

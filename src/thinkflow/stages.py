@@ -8,10 +8,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from thinkflow import logs
 from thinkflow.config import ConfigError, PipelineConfig
 from thinkflow.contamination import ContaminationError, check_training_problems
+from thinkflow.registry import StageResult
 from thinkflow.tasks import Problem, Task
 from thinkflow.tracking import Tracker
+
+log = logs.get("data")
 
 
 @dataclass
@@ -19,7 +23,13 @@ class StageContext:
     tracker: Tracker
     run_id: str  # this stage's MLflow child run
     parent_run_id: str
-    upstream: dict  # results of earlier stages, by stage name (paths and run ids)
+    upstream: dict[str, StageResult]  # results of earlier stages, by stage name (paths and run ids)
+
+
+def upstream_checkpoint(upstream: dict[str, StageResult], stage: str) -> str | None:
+    """The HF checkpoint an earlier stage of this pipeline exported (None when it did not run)."""
+    result = upstream.get(stage)
+    return result.checkpoint if result is not None else None
 
 
 def config_key(section: dict) -> str:
@@ -58,10 +68,10 @@ def training_problems(cfg: PipelineConfig, task: Task, n_train: int, ctx: StageC
     ctx.tracker.log_metrics(ctx.run_id, {f"data/contamination/{k}": float(v) for k, v in counts.items()})
     if report.contaminated:
         what = "dropped" if dropped else "kept"
-        print(
-            f"{task.name}: {report.contaminated} of {len(train)} training problems overlap held-out ones ({what}): "
-            + report.describe()
-        )
+        log.info(
+            "%s: %d of %d training problems overlap held-out ones (%s): %s",
+            task.name, report.contaminated, len(train), what, report.describe(),
+        )  # fmt: skip
     return ([train[i] for i in report.kept] if dropped else train), test
 
 

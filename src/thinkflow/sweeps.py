@@ -86,7 +86,7 @@ def job_labels(table: pd.DataFrame) -> dict[int, str]:
 
 def ttc_curves(tracker: Tracker, table: pd.DataFrame, out: Path) -> Path | None:
     """Each job's majority-vote (and pass@k) accuracy against inference FLOPs per problem, from its
-    ttc_eval run's ``ttc/points.csv`` (its last evaluated checkpoint)."""
+    ttc run's ``ttc/points.csv`` (its last evaluated checkpoint)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,7 +96,7 @@ def ttc_curves(tracker: Tracker, table: pd.DataFrame, out: Path) -> Path | None:
     labels = job_labels(table)
     for row in table.itertuples(False):
         runs = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{row.run_id}' "
-                                          "and tags.stage = 'ttc_eval'")  # fmt: skip
+                                          "and tags.stage = 'ttc'")  # fmt: skip
         if not runs:
             continue
         with tempfile.TemporaryDirectory() as tmp:

@@ -59,7 +59,7 @@ def test_api_contestant_on_math500_by_level_and_subject(tmp_path, math500_rows, 
         config["compare"]["contestants"] = {"frontier": api | {"base_url": server.base_url}}
         result = run_stage("compare", config, start_pipeline_run(config, None), {}, None)
         chats = [c for c in server.requests if "messages" in c]
-    s = result["contestants"]["frontier"]
+    s = result.details["contestants"]["frontier"]
     assert s["status"] == "ok" and s["n_problems"] == N
 
     # the chat turn is the zero-shot instruction and the bare problem (no Minerva examples)
@@ -82,8 +82,8 @@ def test_api_contestant_on_math500_by_level_and_subject(tmp_path, math500_rows, 
     assert len(subjects) >= 3
     assert m["compare/cost_usd"] == pytest.approx(server.spent_usd) and m["compare/cost_usd"] > 0
 
-    parent_md = Path(client.download_artifacts(result["run_id"], "compare/comparison.md", str(tmp_path / "md")))
+    parent_md = Path(client.download_artifacts(result.run_id, "compare/comparison.md", str(tmp_path / "md")))
     text = parent_md.read_text()
     assert "Greedy accuracy by level and subject" in text and "| level | 1 | 1.000 |" in text
-    by = Path(client.download_artifacts(result["run_id"], "compare/breakdown.csv", str(tmp_path / "csv")))
+    by = Path(client.download_artifacts(result.run_id, "compare/breakdown.csv", str(tmp_path / "csv")))
     assert "subject" in by.read_text()

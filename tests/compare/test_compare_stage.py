@@ -80,7 +80,7 @@ def test_compare_flow_runs_every_contestant_alike_and_never_leaks_the_key(
             },  # fmt: skip
         }
         result = pipeline(_config(tmp_path, gsm8k_dir, contestants))
-    out = result["compare"]["contestants"]
+    out = result["compare"].details["contestants"]
     assert out["nokey"]["status"] == "skipped" and "THINKFLOW_UNSET_KEY" in out["nokey"]["note"]
     assert out["frontier"]["status"] == "ok" and out["local"]["status"] == "ok"
 
@@ -144,7 +144,7 @@ def test_spend_cap_keeps_the_partial_results(tmp_path, gsm8k_dir, monkeypatch):
         config = _config(tmp_path, gsm8k_dir, {"frontier": _api(server.base_url, **prices)},
                          ["compare.api.spend_cap_usd=12", "compare.api.concurrency=2"])  # fmt: skip
         result = run_stage("compare", config, start_pipeline_run(config, None), {}, None)
-    s = result["contestants"]["frontier"]
+    s = result.details["contestants"]["frontier"]
     assert s["status"] == "partial" and "spend cap" in s["note"]
     assert 0 < s["n_problems"] < N and server.spent_usd <= 12.0
     client, runs = _mlflow(tmp_path)
@@ -164,13 +164,13 @@ def test_thinkflow_contestant_from_an_earlier_pipeline_run(tmp_path, gsm8k_dir):
     config = _only_compare(compose(["compare.ks=[1,2]"], root=tmp_path))
     config["compare"]["contestants"] = {"earlier": spec}
     result = run_stage("compare", config, start_pipeline_run(config, None), {}, None)
-    s = result["contestants"]["earlier"]
+    s = result.details["contestants"]["earlier"]
     assert s["status"] == "ok", s
     assert Path(s["model"]).name == "checkpoint" and (Path(s["model"]) / "config.json").exists()
 
     config["compare"]["contestants"] = {"none": spec | {"run_filter": "params.`model.d_model` = '4096'"},
                                        "no_rl": spec | {"stage": "rl"}}  # fmt: skip
-    result = run_stage("compare", config, start_pipeline_run(config, None), {}, None)["contestants"]
+    result = run_stage("compare", config, start_pipeline_run(config, None), {}, None).details["contestants"]
     assert result["none"]["status"] == "failed" and "no finished pipeline run matches" in result["none"]["note"]
     assert result["no_rl"]["status"] == "failed" and "has no rl stage run" in result["no_rl"]["note"]
 

@@ -22,7 +22,7 @@ def test_gguf_contestant_gemma3_270m_answers_gsm8k(tmp_path, gsm8k_dir):
                                     "compare.strategies=[greedy]", "compare.ks=[1]"], root=tmp_path))  # fmt: skip
     config["compare"]["contestants"] = {"gemma": gemma}
     result = run_stage("compare", config, start_pipeline_run(config, None), {}, None)
-    s = result["contestants"]["gemma"]
+    s = result.details["contestants"]["gemma"]
     assert s["status"] == "ok", s
     assert 2.5e8 < s["n_params"] < 3.0e8  # Gemma 3 270M (262k-token vocabulary included)
     assert s["model"].endswith("gemma-3-270m-q4_k_m.gguf") and s["tokens_out"] > 10 and s["flops"] > 1e10
@@ -46,8 +46,12 @@ def test_api_contestant_against_vllm_serve_and_its_cache(tmp_path, monkeypatch):
             "served": {"kind": "openai", "base_url": f"{server.base_url}/v1", "model": "thinkflow",
                        "api_key_env": "VLLM_KEY", "mode": "completions", "prompt": "plain", "n_params": 100_000}
         }  # fmt: skip
-        first = run_stage("compare", config, start_pipeline_run(config, None), {}, None)["contestants"]["served"]
-        again = run_stage("compare", config, start_pipeline_run(config, None), {}, None)["contestants"]["served"]
+        first = run_stage("compare", config, start_pipeline_run(config, None), {}, None).details["contestants"][
+            "served"
+        ]
+        again = run_stage("compare", config, start_pipeline_run(config, None), {}, None).details["contestants"][
+            "served"
+        ]
     assert first["status"] == "ok" and first["api_paid_calls"] == 8 * 3 and first["tokens_out"] > 0  # greedy + 2
     assert again["api_paid_calls"] == 0 and again["api_cache_hits"] == 8 * 3
     assert again["tokens_out"] == first["tokens_out"]

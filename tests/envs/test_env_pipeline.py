@@ -65,7 +65,7 @@ def test_calc_pipeline_runs_episodes_in_every_stage(tmp_path, prefect_server, mo
     transcripts = _artifact(client, rl.info.run_id, "samples/transcripts.md")
     assert "held-out episodes" in transcripts and "reward" in transcripts
 
-    ttc = by_stage["ttc_eval"]
+    ttc = by_stage["ttc"]
     for ckpt in ("pretrain", "rl"):
         assert f"ttc/{ckpt}/env/tool_calls_per_episode" in ttc.data.metrics
         assert f"ttc/{ckpt}/env/seconds_total" in ttc.data.metrics
@@ -73,7 +73,7 @@ def test_calc_pipeline_runs_episodes_in_every_stage(tmp_path, prefect_server, mo
     points = _artifact(client, ttc.info.run_id, "ttc/points.csv").splitlines()[0].split(",")
     assert "tool_calls" in points and "env_s" in points  # tool calls and env seconds in the compute accounting
 
-    out = result["compare"]["contestants"]
+    out = result["compare"].details["contestants"]
     assert out["frontier"]["status"] == "ok" and out["frontier"]["env/tool_calls_per_episode"] == 1.0
     frontier = next(r for r in runs if r.data.tags.get("contestant") == "frontier")
     assert frontier.data.metrics["compare/acc_greedy"] == 1.0  # two turns over the API: a call, then the answer
@@ -111,7 +111,7 @@ def test_code_env_in_compare_scores_api_models_in_the_sandbox(tmp_path, monkeypa
         config["compare"]["contestants"] = {"programmer": _api(good.base_url), "saboteur": _api(bad.base_url),
                                             "local": local}  # fmt: skip
         result = run_stage("compare", config, start_pipeline_run(config, None), {}, None)
-    out = result["contestants"]
+    out = result.details["contestants"]
     assert out["programmer"]["status"] == "ok" and out["saboteur"]["status"] == "ok" and out["local"]["status"] == "ok"
     assert out["local"]["env/mean_reward"] == 0.0  # an untrained open model writes no function: invalid, scored 0
     assert out["programmer"]["env/sandbox_violations"] == 0 and out["programmer"]["env/mean_reward"] > 0.5
@@ -121,4 +121,4 @@ def test_code_env_in_compare_scores_api_models_in_the_sandbox(tmp_path, monkeypa
     per = {r.data.tags["contestant"]: r.data.metrics for r in runs if "contestant" in r.data.tags}
     assert per["programmer"]["compare/acc_greedy"] == 1.0 and per["saboteur"]["compare/acc_greedy"] == 0.0
     assert per["programmer"]["compare/pass_at_k"] == 1.0  # pass@4: some sample of each problem is right
-    assert "sandbox violations" in result["summary_md"]
+    assert "sandbox violations" in result.summary_md

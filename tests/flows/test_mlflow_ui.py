@@ -31,7 +31,7 @@ def _pipeline_run(root: Path, seed: int) -> str:
     results = {"pretrain": run_stage("pretrain", config, parent, {}, None)}
     results["rl"] = run_stage("rl", config, parent, results, None)
     end_pipeline_run(config, parent, results, "FINISHED")
-    return results["pretrain"]["run_id"]
+    return results["pretrain"].run_id
 
 
 @pytest.mark.slow

@@ -83,11 +83,11 @@ def test_pretrain_on_two_nodes_through_the_deepspeed_launcher(tmp_path, sshd, pr
     assert "127.0.0.1: " in log and "nnodes=2, num_local_procs=1, node_rank=1" in log
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log  # node 1's process joined the same world as rank 1
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    run = client.get_run(result["pretrain"]["run_id"])
+    run = client.get_run(result["pretrain"].run_id)
     assert run.info.status == "FINISHED" and run.data.params["distributed.world_size"] == "2"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps and steps == sorted(set(steps))  # logged once (rank 0 only), not once per node
-    model, _ = load_checkpoint(result["pretrain"]["checkpoint"])  # whole weights, written by rank 0
+    model, _ = load_checkpoint(result["pretrain"].checkpoint)  # whole weights, written by rank 0
     assert all(p.numel() > 0 for p in model.parameters())
 
 

@@ -33,7 +33,7 @@ def test_pipeline_parent_and_stage_runs(tmp_path, prefect_server):
     children = {
         r.data.tags["stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
     }
-    assert len(parents) == 1 and sorted(children) == ["compare", "pretrain", "rl", "ttc_eval"]
+    assert len(parents) == 1 and sorted(children) == ["compare", "pretrain", "rl", "ttc"]
     # the compare stage's contestants (this pipeline's checkpoints), one run each under the stage's run
     contestants = {r.data.tags["contestant"]: r for r in runs if "contestant" in r.data.tags}
     assert sorted(contestants) == ["pretrain", "rl"]
@@ -69,7 +69,7 @@ def test_pipeline_parent_and_stage_runs(tmp_path, prefect_server):
 
     artifact = Artifact.get("ttc-eval-summary")
     assert artifact is not None and str(artifact.flow_run_id) == flow_run_id
-    assert "held-out problems x 8 samples" in artifact.data and "summary_md" not in result["ttc_eval"]
+    assert "held-out problems x 8 samples" in artifact.data and result["ttc"].summary_md is None
     assert "Share of FLOPs: pretraining" in Artifact.get("compute-profile").data
     assert {"ttc_eval/pass_at_1", "rl/val_pass_at_1", "pretrain/val_acc"} <= set(parent.data.metrics)
 
@@ -89,7 +89,7 @@ def test_pipeline_parent_and_stage_runs(tmp_path, prefect_server):
     assert "pretrain/val_acc" in parent.data.metrics
 
     # The checkpoint is HF format, in the work dir and logged as an artifact.
-    ckpt = result["pretrain"]["checkpoint"]
+    ckpt = result["pretrain"].checkpoint
     assert ckpt.startswith(str(tmp_path)) and (tmp_path / ckpt / "model.safetensors").exists()
     names = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")}
     assert {"checkpoint/config.json", "checkpoint/model.safetensors", "checkpoint/tokenizer.json"} <= names
@@ -117,17 +117,17 @@ def test_rl_stage_logs_learns_from_and_exports_a_checkpoint(tmp_path, prefect_se
     assert [m.step for m in client.get_metric_history(rl.info.run_id, "rl/reward_mean")] == [1, 2, 3, 4]
     assert [m.step for m in client.get_metric_history(rl.info.run_id, "rl/val_pass_at_1")] == [0, 2, 4]
     assert rl.data.metrics["perf/rollout_tokens_per_s"] > 0 and rl.data.metrics["rl/entropy"] > 0
-    assert parent.data.metrics["rl/val_pass_at_1"] == result["rl"]["val_pass@1"]
-    assert result["rl"]["steps"] == 4 and result["rl"]["n_val"] == config["task"]["n_test"]
+    assert parent.data.metrics["rl/val_pass_at_1"] == result["rl"].metrics["val_pass@1"]
+    assert result["rl"].metrics["steps"] == 4 and result["rl"].metrics["n_val"] == config["task"]["n_test"]
 
     table = client.download_artifacts(rl.info.run_id, "samples/rollouts.json", str(tmp_path / "dl"))
     data = json.loads(Path(table).read_text())
     assert {"prompt", "completion", "reward", "advantage", "step"} <= set(data["columns"])
     assert {row[data["columns"].index("step")] for row in data["data"]} == {0, 2}
 
-    before, _ = load_checkpoint(result["pretrain"]["checkpoint"])
-    after, _ = load_checkpoint(result["rl"]["checkpoint"])
-    assert json.loads((Path(result["rl"]["checkpoint"]) / "thinkflow.json").read_text())["rl_step"] == 4
+    before, _ = load_checkpoint(result["pretrain"].checkpoint)
+    after, _ = load_checkpoint(result["rl"].checkpoint)
+    assert json.loads((Path(result["rl"].checkpoint) / "thinkflow.json").read_text())["rl_step"] == 4
     zero_std = [m.value for m in client.get_metric_history(rl.info.run_id, "rl/frac_zero_std")]
     assert min(zero_std) < 1  # some group had signal, so the policy gradient was not zero
     moved = [not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters(), strict=True)]
@@ -190,22 +190,22 @@ def test_pipeline_on_two_processes_with_zero3(tmp_path, prefect_server):
     result = pipeline(config)
     client, runs = _runs(tmp_path)
     stages = {r.data.tags["stage"]: r for r in runs if "stage" in r.data.tags and "contestant" not in r.data.tags}
-    assert sorted(stages) == ["compare", "pretrain", "rl", "ttc_eval"]
+    assert sorted(stages) == ["compare", "pretrain", "rl", "ttc"]
     assert all(r.info.status == "FINISHED" for r in runs)
     rl = stages["rl"]
     assert rl.data.params["world_size"] == "2" and rl.data.params["deepspeed.stage"] == "3"
     # logged once per RL step (rank 0 only), and the evaluation covered every held-out problem across ranks
     assert [m.step for m in client.get_metric_history(rl.info.run_id, "rl/loss")] == [1, 2, 3, 4]
-    assert result["rl"]["n_val"] == config["task"]["n_test"]
+    assert result["rl"].metrics["n_val"] == config["task"]["n_test"]
     for stage in ("pretrain", "rl"):  # whole (gathered) weights in the HF exports
         model, _ = load_checkpoint(result[stage]["checkpoint"])
         assert all(p.numel() > 0 for p in model.parameters())
     launch_logs = list((tmp_path / "mlruns" / "work" / "launch").glob("*/launch.log"))
     assert len(launch_logs) == 2
     # the compute profile sums the ranks' ledgers: each rank books every training step
-    train = result["pretrain"]["profile"]["phases"]["train"]
+    train = result["pretrain"].profile["phases"]["train"]
     assert train["calls"] == 2 * config["pretrain"]["max_steps"] and train["flops"] > 0
-    assert {"rollout", "learn", "eval"} <= set(result["rl"]["profile"]["phases"])
+    assert {"rollout", "learn", "eval"} <= set(result["rl"].profile["phases"])
 
 
 @pytest.mark.slow

@@ -59,7 +59,7 @@ def test_served_deployment_has_its_schedule_and_a_triggered_run_completes(tmp_pa
         client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
         runs = client.search_runs([client.get_experiment_by_name("thinkflow").experiment_id])
         stages = sorted(r.data.tags.get("stage", "") for r in runs)
-        assert stages == ["", "pretrain", "rl", "ttc_eval"] and all(r.info.status == "FINISHED" for r in runs)
+        assert stages == ["", "pretrain", "rl", "ttc"] and all(r.info.status == "FINISHED" for r in runs)
 
         # a malformed override list fails that run with a message naming the override
         bad = _prefect(env, "deployment", "run", name, "--param", 'overrides=["pretrain.max_steps=="]').stdout

@@ -83,7 +83,7 @@ def test_pipeline_on_postgres_backed_prefect_and_mlflow_servers(tmp_path, postgr
         client = MlflowClient(f"http://127.0.0.1:{mlflow_port}")
         runs = client.search_runs([client.get_experiment_by_name("thinkflow").experiment_id])
         stages = sorted(r.data.tags.get("stage", "") for r in runs)
-        assert stages == ["", "pretrain", "rl", "ttc_eval"] and all(r.info.status == "FINISHED" for r in runs)
+        assert stages == ["", "pretrain", "rl", "ttc"] and all(r.info.status == "FINISHED" for r in runs)
         assert not (tmp_path / "mlruns" / "mlflow.db").exists()
         count = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(postgres), "-U", "thinkflow", "-d", "mlflow",
                                 "-tAc", "SELECT count(*) FROM runs"], capture_output=True, text=True)  # fmt: skip

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import ROOT, compose
 from thinkflow.caching import REUSED_TAG, stage_identity
+from thinkflow.registry import StageResult
 
 
 def _stage_runs(root: Path, parent_run_id: str) -> dict:
@@ -36,50 +37,52 @@ def test_a_ttc_only_change_reuses_pretrain_and_rl(tmp_path, prefect_server):
 
     config = compose(["~compare"], root=tmp_path)
     first = pipeline(config)
-    ckpt = Path(first["rl"]["checkpoint"]) / "model.safetensors"
+    ckpt = Path(first["rl"].checkpoint) / "model.safetensors"
     written = ckpt.stat().st_mtime_ns
 
     changed = compose(["~compare", "ttc.n_max=4", "ttc.ks=[1,2,4]"], root=tmp_path)
     second = pipeline(changed)
 
     assert ckpt.stat().st_mtime_ns == written  # nothing retrained
-    assert second["pretrain"]["run_id"] == first["pretrain"]["run_id"] and second["rl"] == first["rl"]
-    assert second["ttc_eval"]["run_id"] != first["ttc_eval"]["run_id"]
+    assert second["pretrain"].run_id == first["pretrain"].run_id and second["rl"] == first["rl"]
+    assert second["ttc"].run_id != first["ttc"].run_id
     runs = _stage_runs(tmp_path, second["parent_run_id"])
-    assert runs["pretrain"].data.tags[REUSED_TAG] == first["pretrain"]["run_id"]
-    assert runs["rl"].data.tags[REUSED_TAG] == first["rl"]["run_id"]
-    assert first["rl"]["run_id"] in runs["rl"].data.tags["mlflow.note.content"]
-    assert REUSED_TAG not in runs["ttc_eval"].data.tags
+    assert runs["pretrain"].data.tags[REUSED_TAG] == first["pretrain"].run_id
+    assert runs["rl"].data.tags[REUSED_TAG] == first["rl"].run_id
+    assert first["rl"].run_id in runs["rl"].data.tags["mlflow.note.content"]
+    assert REUSED_TAG not in runs["ttc"].data.tags
     flow_run = runs["rl"].data.tags["prefect.flow_run_id"]
     states = _task_states(flow_run)
-    assert states["pretrain"] == "Cached" and states["rl"] == "Cached" and states["ttc_eval"] == "Completed"
+    assert states["pretrain"] == "Cached" and states["rl"] == "Cached" and states["ttc"] == "Completed"
     # the reused stage runs hold no training metrics of their own (nothing trained; timing is for benchmarks)
     assert "train/loss" not in runs["pretrain"].data.metrics and "rl/loss" not in runs["rl"].data.metrics
     # ... but they carry the params of the runs they reuse (MLflow's Compare view showed them blank)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     for stage in ("pretrain", "rl"):
-        original = client.get_run(first[stage]["run_id"]).data.params
+        original = client.get_run(first[stage].run_id).data.params
         assert original and runs[stage].data.params == original
 
     # cache.refresh=[rl] recomputes RL, and so everything downstream of it, but not pretrain
     third = pipeline(compose(["~compare", "ttc.n_max=4", "ttc.ks=[1,2,4]", "cache.refresh=[rl]"], root=tmp_path))
-    assert third["pretrain"]["run_id"] == first["pretrain"]["run_id"]
-    assert (
-        third["rl"]["run_id"] != first["rl"]["run_id"] and third["ttc_eval"]["run_id"] != second["ttc_eval"]["run_id"]
-    )
+    assert third["pretrain"].run_id == first["pretrain"].run_id
+    assert third["rl"].run_id != first["rl"].run_id and third["ttc"].run_id != second["ttc"].run_id
+
+
+def _result(identity: str, run_id: str) -> StageResult:
+    return StageResult(stage="any", identity_key=identity, run_id=run_id)
 
 
 def test_identity_covers_config_upstream_and_location(tmp_path, monkeypatch):
     base = compose([], root=tmp_path)
-    up = {"pretrain": {"identity_key": "a", "run_id": "r1"}}
+    up = {"pretrain": _result("a", "r1")}
     same = stage_identity("rl", base, up)
     assert stage_identity("rl", compose(["ttc.n_max=4"], root=tmp_path), up) == same  # ttc is not an rl input
     assert stage_identity("rl", compose(["rl.lr=1e-3"], root=tmp_path), up) != same
-    assert stage_identity("rl", base, {"pretrain": {"identity_key": "a", "run_id": "r2"}}) != same
-    # compare reads the pretrain and rl checkpoints, not ttc_eval's tables: a new ttc_eval run keeps it cached
-    ups = up | {"rl": {"identity_key": "b", "run_id": "r3"}}
-    assert stage_identity("compare", base, ups | {"ttc_eval": {"identity_key": "c", "run_id": "r4"}}) == stage_identity(
-        "compare", base, ups | {"ttc_eval": {"identity_key": "d", "run_id": "r5"}}
+    assert stage_identity("rl", base, {"pretrain": _result("a", "r2")}) != same
+    # compare reads the pretrain and rl checkpoints, not ttc's tables: a new ttc run keeps it cached
+    ups = up | {"rl": _result("b", "r3")}
+    assert stage_identity("compare", base, ups | {"ttc": _result("c", "r4")}) == stage_identity(
+        "compare", base, ups | {"ttc": _result("d", "r5")}
     )
     assert stage_identity("rl", compose([], root=tmp_path / "other"), up) != same
     # a relative root names a different store from each working directory

@@ -130,7 +130,7 @@ def test_a_second_sigterm_while_a_two_process_stage_stops_still_ends_every_rank_
     log = tmp_path / "first.log"
     first = start(cmd, env, log)
     tree = signal_once_logged(tmp_path, first, log, "pretrain", "train/loss")
-    wait_for_line(first, log, "stop requested:")  # in the grace period, waiting for the ranks
+    wait_for_line(first, log, "stop: requested")  # in the grace period, waiting for the ranks
     first.send_signal(signal.SIGTERM)
     first.wait(timeout=120)
     text = log.read_text()

@@ -21,7 +21,7 @@ def pretrained(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("pre")
     config = compose(["seed=1"], root=root)
     parent = start_pipeline_run(config, None)
-    return run_stage("pretrain", config, parent, {}, None)["checkpoint"]
+    return run_stage("pretrain", config, parent, {}, None).checkpoint
 
 
 def rl_config(root: Path, init: str, extra: list[str] = ()) -> dict:
@@ -38,16 +38,16 @@ def history(root: Path, run_id: str, key: str) -> list[float]:
 def test_each_objective_runs_the_stage(objective, pretrained, tmp_path):
     config = rl_config(tmp_path, pretrained, [f"rl.objective={objective}"])
     result = run_stage("rl", config, start_pipeline_run(config, None), {}, None)
-    assert result["steps"] == 4 and 0 <= result["val_pass@1"] <= 1
-    assert len(history(tmp_path, result["run_id"], "rl/loss")) == 4
+    assert result.metrics["steps"] == 4 and 0 <= result.metrics["val_pass@1"] <= 1
+    assert len(history(tmp_path, result.run_id, "rl/loss")) == 4
     if objective == "dapo":
-        assert history(tmp_path, result["run_id"], "rl/refill_rounds")
+        assert history(tmp_path, result.run_id, "rl/refill_rounds")
 
 
 def test_kl_to_the_reference_grows_once_the_policy_moves(pretrained, tmp_path):
     config = rl_config(tmp_path, pretrained, ["rl.beta=0.1", "rl.lr=3e-3"])
     result = run_stage("rl", config, start_pipeline_run(config, None), {}, None)
-    kl = history(tmp_path, result["run_id"], "rl/kl")
+    kl = history(tmp_path, result.run_id, "rl/kl")
     assert min(kl) >= 0 and max(kl) > 1e-6  # k3 is never negative; > 0 once the weights moved
 
 
@@ -79,8 +79,8 @@ def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_resume_finishes(pretr
 
     monkeypatch.setattr(learner, "policy_loss", real_loss)
     result = run_stage("rl", config, parent, {}, None)  # same config: resumes from RL step 2
-    assert result["steps"] == 4
-    evals = client.download_artifacts(result["run_id"], "rl/evals.json", str(tmp_path / "dl"))
+    assert result.metrics["steps"] == 4
+    evals = client.download_artifacts(result.run_id, "rl/evals.json", str(tmp_path / "dl"))
     steps = [e["step"] for e in json.loads(Path(evals).read_text())["evals"]]
     assert steps == [0, 2, 4]  # step 0 came from the first attempt, restored with the checkpoint
     assert json.loads((work / "hf" / "thinkflow.json").read_text())["rl_step"] == 4

@@ -23,9 +23,9 @@ def test_rl_with_vllm_rollouts_refreshes_weights_in_place(tmp_path):
                  "rl.reward.format_weight=1.0", f"rl.init_from={init}"]  # fmt: skip
     config = compose(overrides, root=tmp_path) | {"pretrain": None}
     result = run_stage("rl", config, start_pipeline_run(config, None), {}, None)
-    assert result["steps"] == 3
+    assert result.metrics["steps"] == 3
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    sync = {m.step: m.value for m in client.get_metric_history(result["run_id"], "perf/weight_sync_s")}
+    sync = {m.step: m.value for m in client.get_metric_history(result.run_id, "perf/weight_sync_s")}
     assert sync[1] == 0 and sync[2] > 0 and sync[3] > 0  # step 1 samples the initial weights; then reloads
     served = tmp_path / "mlruns" / "work" / "rl"
     log = next(served.glob("*/vllm-*.log")).read_text()

@@ -60,20 +60,20 @@ def test_ttc_eval_stage_on_a_tiny_checkpoint(tmp_path):
     config = compose(["seed=1"], root=tmp_path) | {"rl": None}  # evaluates the stages that run: pretrain
     parent = start_pipeline_run(config, None)
     up = {"pretrain": run_stage("pretrain", config, parent, {}, None)}
-    result = run_stage("ttc_eval", config, parent, up, None)
-    points = pd.read_csv(result["table"])
+    result = run_stage("ttc", config, parent, up, None)
+    points = pd.read_csv(result.table)
     assert set(points.strategy) == {"pass", "maj", "bon", "bon_logprob", "weighted_maj", "weighted_maj_logprob"}
     assert sorted(set(points.k)) == [1, 2, 4, 8] and (points.n_problems == 16).all() and (points.n_samples == 8).all()
     assert (points.ci_low <= points.accuracy).all() and (points.accuracy <= points.ci_high).all()
     assert points.groupby("strategy").flops.is_monotonic_increasing.all()
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    history = client.get_metric_history(result["run_id"], "ttc/pretrain/maj_at_k")
+    history = client.get_metric_history(result.run_id, "ttc/pretrain/maj_at_k")
     assert [m.step for m in history] == [1, 2, 4, 8]
-    names = {a.path for a in client.list_artifacts(result["run_id"], "ttc")}
+    names = {a.path for a in client.list_artifacts(result.run_id, "ttc")}
     assert {"ttc/points.csv", "ttc/accuracy_vs_flops.png", "ttc/samples_pretrain.csv", "ttc/summary.md"} <= names
-    assert "16 held-out problems x 8 samples" in result["summary_md"]
-    no_answer = client.get_metric_history(result["run_id"], "ttc/pretrain/no_answer_frac")[0].value
-    table = pd.read_csv(client.download_artifacts(result["run_id"], "ttc/samples_pretrain.csv", str(tmp_path / "dl")))
+    assert "16 held-out problems x 8 samples" in result.summary_md
+    no_answer = client.get_metric_history(result.run_id, "ttc/pretrain/no_answer_frac")[0].value
+    table = pd.read_csv(client.download_artifacts(result.run_id, "ttc/samples_pretrain.csv", str(tmp_path / "dl")))
     assert no_answer == pytest.approx(1 - table.has_answer.mean())  # counted, and they are all wrong:
     assert not table[~table.has_answer].correct.any()
 
@@ -95,15 +95,15 @@ def test_ttc_eval_on_math500_reports_by_level_and_allocates_over_levels(tmp_path
     overrides = ["task=math500", f"task.source={math500}", "task.n_test=10", "task.shots=0", f"ttc.init_from={ckpt}",
                  "ttc.n_max=4", "ttc.ks=[1,2,4]", "ttc.budgets=[]", "ttc.wait_min_think=[]", "ttc.verifier.samples=2"]  # fmt: skip
     config = compose(overrides, root=tmp_path) | {"pretrain": None, "rl": None, "compare": None}
-    result = run_stage("ttc_eval", config, start_pipeline_run(config, None), {}, None)
+    result = run_stage("ttc", config, start_pipeline_run(config, None), {}, None)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    metrics = client.get_run(result["run_id"]).data.metrics
+    metrics = client.get_run(result.run_id).data.metrics
     levels = {k for k in metrics if k.startswith("ttc/init/level_")}
     assert levels == {f"ttc/init/level_{lv}/pass_at_1" for lv in range(1, 6)}  # 10 problems, stratified: 1 2 2 2 3
     assert any(k.startswith("ttc/init/subject_") for k in metrics)
     assert "ttc/init/thinking_tokens" in metrics and "ttc/init/answer_tokens" in metrics
     assert metrics["ttc/init/answer_checks/timeouts"] == 0 and "ttc/init/answer_checks/screened" in metrics
-    allocation = pd.read_csv(client.download_artifacts(result["run_id"], "ttc/allocation_init.csv", str(tmp_path)))
+    allocation = pd.read_csv(client.download_artifacts(result.run_id, "ttc/allocation_init.csv", str(tmp_path)))
     assert (allocation.choice_by_bin.str.split().str.len() == 5).all()  # one choice per level
-    assert "| group | value | problems | init: pass@1 |" in result["summary_md"]
-    assert "| level | 3 | 2 | " in result["summary_md"] and "| level | 5 | 3 | " in result["summary_md"]
+    assert "| group | value | problems | init: pass@1 |" in result.summary_md
+    assert "| level | 3 | 2 | " in result.summary_md and "| level | 5 | 3 | " in result.summary_md

@@ -31,6 +31,7 @@ from thinkflow.inference import Sample, SamplingParams, open_engine
 from thinkflow.inference.hf import HFEngine
 from thinkflow.models import CheckpointError, n_params
 from thinkflow.models.flops import FlopModel
+from thinkflow.stages import upstream_checkpoint
 from thinkflow.tasks import Problem, Task
 from thinkflow.tracking import STAGE_TAG, Tracker
 
@@ -188,7 +189,7 @@ def _config(where: str):
 
 def _thinkflow_checkpoint(spec: ContestantConfig, upstream: dict, tracker: Tracker, work: Path) -> Path:
     if spec.stage and not spec.run:
-        path = upstream.get(spec.stage, {}).get("checkpoint")
+        path = upstream_checkpoint(upstream, spec.stage)
         if not path:
             raise Skip(f"stage {spec.stage} is not part of this pipeline run")
         return Path(path)

@@ -28,28 +28,29 @@ from thinkflow.compare.client import APIError, SpendCapReached
 from thinkflow.compare.contestants import Contestant, Skip, open_contestant
 from thinkflow.compare.prompts import stop_strings
 from thinkflow.compare.report import comparison_table, cost_plot, markdown, matched_compute
-from thinkflow.config import PipelineConfig
+from thinkflow.config import CompareConfig, PipelineConfig
 from thinkflow.envs import with_env
 from thinkflow.evaluation import breakdown, breakdown_metrics
 from thinkflow.inference import GenerationError, SamplingParams
 from thinkflow.models import CheckpointError
+from thinkflow.registry import StageResult, StageSpec
 from thinkflow.scaling.curves import curve_points, per_problem, problem_compute
 from thinkflow.scaling.estimators import bootstrap_ci
 from thinkflow.scaling.sequential import budget_points
 from thinkflow.scaling.table import sample_rows
 from thinkflow.stages import StageContext, config_key, stage_work_dir
-from thinkflow.tracking import FLOW_RUN_TAG, STAGE_TAG, write_json
+from thinkflow.tracking import FLOW_RUN_TAG, STAGE_TAG
 
 CONTESTANT_TAG = "contestant"
 log = logging.getLogger("thinkflow.compare")
 
 
-def run_compare(cfg: PipelineConfig, ctx: StageContext) -> dict:
+def run_compare(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     cc = cfg.compare
     task = cfg.task.build()
     shots_needed = max(c.fewshot for c in cc.entrants.values())
     train, problems = task.splits(shots_needed, cc.n_problems or cfg.task.n_test, seed=cfg.seed)
-    upstream_ckpts = {k: v.get("checkpoint") for k, v in ctx.upstream.items() if isinstance(v, dict)}
+    upstream_ckpts = {k: v.checkpoint for k, v in ctx.upstream.items()}
     work = stage_work_dir(cfg, "compare", {"compare": cc.model_dump(), "task": cfg.task.model_dump(),
                                            "ckpts": config_key(upstream_ckpts), "seed": cfg.seed})  # fmt: skip
     ctx.tracker.log_params(ctx.run_id, {"compare.contestants": ",".join(cc.entrants),
@@ -66,10 +67,10 @@ def run_compare(cfg: PipelineConfig, ctx: StageContext) -> dict:
                 summary |= s
         except Skip as why:
             summary |= {"status": "skipped", "note": str(why)}
-            print(f"compare: {name}: skipped: {why}")
+            log.info("%s: skipped: %s", name, why)
         except (APIError, CheckpointError, GenerationError, ValueError) as err:
             summary |= {"status": "failed", "note": str(err)}
-            log.warning("compare: %s failed: %s", name, err)
+            log.warning("%s failed: %s", name, err)
         summaries[name] = summary
     points = pd.concat(points, ignore_index=True) if points else pd.DataFrame(columns=["contestant", "strategy"])
     return _finish(cfg, ctx, work, points, summaries, len(problems), time.perf_counter() - t0)
@@ -213,7 +214,7 @@ def _log_contestant(ctx, run_id: str, points: pd.DataFrame, budgets: pd.DataFram
     t.log_metrics(run_id, totals | by)
 
 
-def _finish(cfg, ctx, work: Path, points: pd.DataFrame, summaries: dict, n_problems: int, wall: float) -> dict:
+def _finish(cfg, ctx, work: Path, points: pd.DataFrame, summaries: dict, n_problems: int, wall: float) -> StageResult:
     tracker = ctx.tracker
     out = work / "report"
     out.mkdir(exist_ok=True)
@@ -243,8 +244,18 @@ def _finish(cfg, ctx, work: Path, points: pd.DataFrame, summaries: dict, n_probl
                 points[points.strategy == "greedy"].set_index("contestant").iterrows()} if not points.empty else {}  # fmt: skip
     tracker.log_metrics(ctx.parent_run_id, headline)
     tracker.log_metrics(ctx.run_id, headline | {"compare/wall_s": wall})
-    result = {"stage": "compare", "run_id": ctx.run_id, "table": str(out / "comparison.csv"), "wall_s": wall,
-              "contestants": {n: {k: v for k, v in s.items() if k != "note"} | {"note": s.get("note", "")}
-                              for n, s in summaries.items()}}  # fmt: skip
-    write_json(work / "result.json", result)
-    return result | {"summary_md": md}
+    contestants = {
+        n: {k: v for k, v in s.items() if k != "note"} | {"note": s.get("note", "")} for n, s in summaries.items()
+    }
+    return StageResult(stage="compare", run_id=ctx.run_id, table=str(out / "comparison.csv"), metrics={"wall_s": wall},
+                       details={"contestants": contestants}, summary_md=md)  # fmt: skip
+
+
+STAGE = StageSpec(
+    name="compare",
+    run=run_compare,
+    config=CompareConfig,
+    order=40,
+    inputs=("task", "seed"),
+    upstream=("pretrain", "rl"),
+)

@@ -13,7 +13,6 @@ subprocess, so no launcher ever re-executes the flow itself.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shlex
@@ -24,8 +23,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from thinkflow import shutdown
+from thinkflow import logs, shutdown
 from thinkflow.config import ConfigError, TrainerConfig
+from thinkflow.registry import StageResult
 from thinkflow.tracking import write_json
 
 
@@ -121,21 +121,27 @@ def launcher_command(tc: TrainerConfig, spec: Path, result_path: Path) -> list[s
     return [*cmd, *worker]
 
 
-def launch(stage: str, config: dict, run_id: str, parent_run_id: str, upstream: dict, tc: TrainerConfig,
+def launch(stage: str, config: dict, run_id: str, parent_run_id: str, upstream: dict[str, StageResult], tc: TrainerConfig,
            spool: Path) -> dict:  # fmt: skip
     """Run ``stage`` on ``tc.world_size`` processes (this node, or the hostfile's nodes); returns rank 0's
     stage result."""
     spool.mkdir(parents=True, exist_ok=True)
     spec = write_json(
         spool / "launch.json",
-        {"stage": stage, "config": config, "run_id": run_id, "parent_run_id": parent_run_id, "upstream": upstream},
+        {
+            "stage": stage,
+            "config": config,
+            "run_id": run_id,
+            "parent_run_id": parent_run_id,
+            "upstream": {name: r.model_dump() for name, r in upstream.items()},
+        },
     )
     result_path, log_path = spool / "result.json", spool / "launch.log"
     result_path.unlink(missing_ok=True)
     cmd = launcher_command(tc, spec, result_path)
     env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // tc.devices))}
     where = f"{tc.num_nodes} nodes x {tc.devices}" if tc.num_nodes > 1 else str(tc.devices)
-    print(f"{stage}: launching {where} processes ({tc.launcher}); output in {log_path}")
+    logs.get(stage).info("launching %s processes (%s); output in %s", where, tc.launcher, log_path)
     with open(log_path, "w") as log:
         # its own process group, so that a pipeline stop (SIGTERM / Ctrl-C, thinkflow.shutdown) reaches the
         # launcher and every rank it started, and nothing of the stage outlives the pipeline
@@ -157,7 +163,7 @@ def launch(stage: str, config: dict, run_id: str, parent_run_id: str, upstream: 
             f"{stage} on {tc.world_size} processes failed (exit code {rc}): {root_cause(lines)}\nlast output:\n"
             + "\n".join(lines[-40:])
         )
-    return json.loads(result_path.read_text())
+    return StageResult.model_validate_json(result_path.read_text())
 
 
 class _StageProcesses:
@@ -216,4 +222,6 @@ def kill_on_hosts(hosts: list[str], ssh_port: int | None, pattern: str) -> None:
     try:  # pkill exits 1 where nothing matched: the status says nothing here
         subprocess.run(cmd, env=env, capture_output=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as err:
-        print(f"stop: could not end the stage's processes on {', '.join(hosts)}: {type(err).__name__}: {err}")
+        logs.get("stop").warning(
+            "could not end the stage's processes on %s: %s: %s", ", ".join(hosts), type(err).__name__, err
+        )

@@ -14,7 +14,8 @@ from thinkflow import quiet
 from thinkflow.config import validate
 from thinkflow.distributed.ranks import NullTracker, close_process_group, is_rank_zero
 from thinkflow.profile.ledger import stage_ledger
-from thinkflow.runner import STAGES, open_tracker
+from thinkflow.registry import StageResult, stage_spec
+from thinkflow.runner import open_tracker
 from thinkflow.stages import StageContext
 from thinkflow.tracking import write_json
 
@@ -28,12 +29,13 @@ def main(spec_path: str, result_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     cfg = validate(spec["config"])
     tracker = open_tracker(cfg) if is_rank_zero() else NullTracker()
-    ctx = StageContext(tracker, spec["run_id"], spec["parent_run_id"], spec["upstream"])
+    upstream = {name: StageResult.model_validate(r) for name, r in spec["upstream"].items()}
+    ctx = StageContext(tracker, spec["run_id"], spec["parent_run_id"], upstream)
     with stage_ledger() as ledger:
-        result = STAGES[spec["stage"]](cfg, ctx)
+        result = stage_spec(spec["stage"]).run(cfg, ctx)
     compute = ledger.reduce().as_dict()  # every rank: a collective sum of the ranks' compute
     if is_rank_zero():
-        write_json(result_path, result | {"compute": compute})
+        write_json(result_path, result.model_dump() | {"profile": {"phases": compute}})
     close_process_group()
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 import re
 
+from thinkflow import logs
 from thinkflow.envs.base import Environment, EnvTask, StepResult
 from thinkflow.envs.sandbox import SandboxLimits, SandboxResult, SandboxUnavailable, require, run_tests
 from thinkflow.tasks.base import Problem, SyntheticTask, TaskError
@@ -98,8 +99,8 @@ class CodeTask(SyntheticTask, EnvTask):
         except SandboxUnavailable as err:
             raise TaskError(str(err)) from None
         if self.isolation != "os":
-            print(
-                "code sandbox: isolation=hook (task.env.sandbox.isolation): resource limits and an in-process audit "
+            logs.get("code").warning(
+                "sandbox: isolation=hook (task.env.sandbox.isolation): resource limits and an in-process audit "
                 "hook only, which a hostile program can disable; logged on the run as that param"
             )
 

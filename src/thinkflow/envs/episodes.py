@@ -2,7 +2,7 @@
 
 ``EnvEngine`` wraps an engine (``hf``, ``vllm``, an API client) and keeps its interface
 (``generate(prompts, params) -> list[list[Sample]]``), so every stage that samples (RL rollouts,
-held-out evaluation, ``ttc_eval``'s sample table and verifier, ``compare``) runs episodes just by
+held-out evaluation, ``ttc``'s sample table and verifier, ``compare``) runs episodes just by
 wrapping its engine with ``with_env``. Per turn, every live episode is advanced in one batched
 ``generate`` call: the first turn with ``n`` samples per prompt (one prefill, KV shared), later
 turns on the prompt + transcript so far (the hf backend prefills it again; vLLM's prefix cache

@@ -16,14 +16,15 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from thinkflow.checkpoints import CheckpointOnStop, hf_export_dir, save_hf, training_dirs
-from thinkflow.config import ConfigError, PipelineConfig
+from thinkflow.config import ConfigError, PipelineConfig, PretrainConfig
 from thinkflow.distributed import full_parameters, is_rank_zero
 from thinkflow.distributed.strategy import build_strategy
 from thinkflow.models import build_model_and_tokenizer, load_checkpoint, n_params
 from thinkflow.pretrain.data import TraceDataModule
 from thinkflow.pretrain.module import CausalLMModule
+from thinkflow.registry import StageResult, StageSpec
 from thinkflow.stages import StageContext, stage_work_dir, stage_work_path, training_problems
-from thinkflow.tracking import flatten, write_json
+from thinkflow.tracking import flatten
 from thinkflow.tracking.lightning import TrackerLogger
 
 
@@ -44,7 +45,7 @@ def pretrained_checkpoint(cfg: PipelineConfig) -> Path:
     return hf_export_dir(stage_work_path(cfg, "pretrain", pretrain_section(cfg)))
 
 
-def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> dict:
+def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     pc, tc = cfg.pretrain, cfg.trainer
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
@@ -114,20 +115,28 @@ def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> dict:
         if is_rank_zero():
             save_hf(model, tokenizer, hf_dir)
     evaluation = module.last_eval
-    if not is_rank_zero():
-        return {"stage": "pretrain", "checkpoint": str(hf_dir), "val_acc": evaluation["accuracy"]}
-    tracker.log_metrics(run_id, {"pretrain/wall_s": wall, "pretrain/final_val_acc": evaluation["accuracy"]})
-    tracker.log_text(run_id, "\n".join(json.dumps(r) for r in evaluation["rows"]), "samples/val_greedy.jsonl")
-    if cfg.tracking.log_checkpoint:
-        tracker.log_artifacts(run_id, hf_dir, "checkpoint")
-    result = {
-        "stage": "pretrain",
-        "run_id": run_id,
-        "checkpoint": str(hf_dir),
+    metrics = {
         "val_acc": evaluation["accuracy"],
         "n_val": evaluation["n"],
         "steps": trainer.global_step,
         "wall_s": wall,
     }
-    write_json(work / "result.json", result)
+    result = StageResult(stage="pretrain", run_id=run_id, checkpoint=str(hf_dir), metrics=metrics)
+    if not is_rank_zero():
+        return result
+    tracker.log_metrics(run_id, {"pretrain/wall_s": wall, "pretrain/final_val_acc": evaluation["accuracy"]})
+    tracker.log_text(run_id, "\n".join(json.dumps(r) for r in evaluation["rows"]), "samples/val_greedy.jsonl")
+    if cfg.tracking.log_checkpoint:
+        tracker.log_artifacts(run_id, hf_dir, "checkpoint")
     return result
+
+
+STAGE = StageSpec(
+    name="pretrain",
+    run=run_pretrain,
+    config=PretrainConfig,
+    order=10,
+    inputs=("task", "model", "trainer", "seed"),
+    trains=True,
+    headline=("val_acc",),
+)

@@ -12,6 +12,7 @@ from thinkflow.models import load_checkpoint
 from thinkflow.profile.kernels import measure_model
 from thinkflow.profile.probe import machine_peaks
 from thinkflow.profile.report import CATEGORIES, profile_table, roofline_plot, share_plot, to_markdown
+from thinkflow.registry import StageResult
 
 
 def stage_metrics(profile: dict) -> dict[str, float]:
@@ -32,22 +33,25 @@ def stage_metrics(profile: dict) -> dict[str, float]:
     return out
 
 
-def final_checkpoint(results: dict) -> str | None:
-    """The last trained model of the run (RL's, else pretraining's)."""
-    for stage in ("rl", "pretrain"):
-        if isinstance(results.get(stage), dict) and results[stage].get("checkpoint"):
-            return results[stage]["checkpoint"]
-    return None
+def final_checkpoint(results: dict[str, StageResult]) -> str | None:
+    """The last model the run trained (the checkpoint of the latest stage that exported one)."""
+    return next((r.checkpoint for r in reversed(list(results.values())) if r.checkpoint), None)
 
 
 def pipeline_profile(
-    cfg, tracker, parent_run_id: str, results: dict, reused: set[str], pipeline_wall: float, setup_s: float = 0.0
+    cfg,
+    tracker,
+    parent_run_id: str,
+    results: dict[str, StageResult],
+    reused: set[str],
+    pipeline_wall: float,
+    setup_s: float = 0.0,
 ) -> str:
     """Profile table, share-of-compute chart and roofline on the parent run; returns the markdown.
     ``pipeline_wall``: from the flow's start to the last stage's end; ``setup_s``: the part before the
     first stage (config checks, tracking store, parent run)."""
     peaks = machine_peaks(cfg.profile.probe_cache)
-    fresh = {s: r for s, r in results.items() if s not in reused}
+    fresh = {s: r.profile for s, r in results.items() if s not in reused}
     table = profile_table(fresh, peaks, setup_s=setup_s)
     points: list[dict] = []
     ckpt = final_checkpoint(results)

@@ -1,6 +1,6 @@
 """The compute-spend profile of a pipeline run, on its parent MLflow run.
 
-``profile_table`` turns the stages' ledgers (``result["profile"]``) into one row per stage and phase:
+``profile_table`` turns the stages' ledgers (``StageResult.profile``) into one row per stage and phase:
 FLOPs, analytic bytes, tokens, wall seconds, achieved FLOP/s and bytes/s and their share of the
 machine's measured peaks (``probe``), plus the stage's peak memory and the seconds spent outside any
 phase (setup, checkpoint I/O, tracking). ``share_plot`` stacks the compute by what it was for
@@ -27,14 +27,13 @@ def category(stage: str, phase: str) -> str:
     return CATEGORY.get((stage, phase), "evaluation")
 
 
-def profile_table(results: dict, peaks: dict, setup_s: float = 0.0) -> pd.DataFrame:
+def profile_table(profiles: dict[str, dict], peaks: dict, setup_s: float = 0.0) -> pd.DataFrame:
     """One row per (stage, phase), a row per stage for the time outside its phases, and the pipeline's
     setup (before the first stage)."""
     zero = {"flops": 0.0, "bytes": 0.0, "tokens_processed": 0, "tokens_generated": 0, "calls": 0}
     rows = [{"stage": "pipeline", "phase": "setup", "category": "other", **zero, "wall_s": setup_s,
              "peak_rss_mb": float("nan"), "peak_gpu_mb": 0.0}] if setup_s else []  # fmt: skip
-    for stage, result in results.items():
-        prof = result.get("profile") if isinstance(result, dict) else None
+    for stage, prof in profiles.items():  # each stage's ``StageResult.profile``
         if not prof:
             continue
         common = {"stage": stage, "peak_rss_mb": prof["peak_rss"] / 2**20,

@@ -39,11 +39,13 @@ from pathlib import Path
 import psutil
 import torch
 
-from thinkflow import shutdown
+from thinkflow import logs, shutdown
 from thinkflow.config import ActorsConfig, ConfigError, RLConfig, TaskConfig
 from thinkflow.rl.experience import Experience
 from thinkflow.rl.seeds import prompt_rng, sampling_seed
 from thinkflow.tracking import write_json
+
+log = logs.get("rl")
 
 
 def transfer_delay(nbytes: float, link: dict) -> float:
@@ -266,7 +268,7 @@ class AsyncExperience:
             self.restarts += 1
             self.pids[actor] = pid
             self._write_pids()
-            print(f"rl: rollout actor {actor} is back as process {pid} (restarts: {self.restarts})")
+            log.info("rollout actor %s is back as process %s (restarts: %d)", actor, pid, self.restarts)
 
     def _check_probes(self) -> None:
         import ray
@@ -301,8 +303,8 @@ class AsyncExperience:
                 self.lost += 1
                 self.down.add(actor)
                 self._probe(actor)
-                print(f"rl: rollout actor {actor} died ({type(err).__name__}); its in-flight batch is lost "
-                      f"({self.lost} so far) and Ray restarts it; training goes on with the others")  # fmt: skip
+                log.warning("rollout actor %s died (%s); its in-flight batch is lost (%d so far) and Ray restarts "
+                            "it; training goes on with the others", actor, type(err).__name__, self.lost)  # fmt: skip
                 continue
             self.stats.bytes += out["bytes_down"] + out["bytes_up"]
             self.stats.sync_s += out["sync_s"]

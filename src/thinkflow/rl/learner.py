@@ -22,6 +22,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.strategies import DeepSpeedStrategy
 
+from thinkflow import logs
 from thinkflow.config import RLConfig
 from thinkflow.distributed import all_mean, all_sum, full_parameters, global_rank, is_rank_zero, world_size
 from thinkflow.evaluation import greedy_accuracy, sampled_pass_at_1
@@ -32,6 +33,8 @@ from thinkflow.rl.rewards import RewardConfig
 from thinkflow.rl.rollout import token_logprobs
 from thinkflow.tasks import Problem, Task
 from thinkflow.training import adamw_warmup_cosine
+
+log = logs.get("rl")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -253,8 +256,8 @@ class GRPOModule(pl.LightningModule):
             step,
         )  # fmt: skip
         if is_rank_zero():
-            print(
-                f"rl: step {step}: held-out val_acc {result['val_acc']:.3f}, val_pass@1 {result['val_pass@1']:.3f} "
+            log.info(
+                f"step {step}: held-out val_acc {result['val_acc']:.3f}, val_pass@1 {result['val_pass@1']:.3f} "
                 f"({int(n)} problems x {self.rl.eval_samples} samples)"
             )
         return result
@@ -274,7 +277,7 @@ class GRPOModule(pl.LightningModule):
             if self.rl.guards.stop_on_collapse:
                 raise CollapseError(message + "; stopping (rl.guards.stop_on_collapse=true)")
             if key not in self._warned and is_rank_zero():
-                print("WARNING " + message + "; logged as " + key)
+                log.warning("%s; logged as %s", message, key)
             self._warned.add(key)
 
     def _log(self, metrics: dict[str, float], step: int) -> None:

@@ -25,20 +25,24 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
+from thinkflow import logs
 from thinkflow.checkpoints import CheckpointOnStop, save_hf, training_dirs
-from thinkflow.config import ConfigError, PipelineConfig
+from thinkflow.config import ConfigError, PipelineConfig, RLConfig
 from thinkflow.distributed import full_parameters, is_rank_zero
 from thinkflow.distributed.strategy import build_strategy
 from thinkflow.envs import EnvTask, transcripts_markdown
 from thinkflow.models import load_checkpoint, n_params
+from thinkflow.registry import StageResult, StageSpec
 from thinkflow.rl.learner import GRPOModule
 from thinkflow.rl.sync import InProcessPolicy, VLLMPolicy
-from thinkflow.stages import StageContext, config_key, stage_work_dir, training_problems
+from thinkflow.stages import StageContext, config_key, stage_work_dir, training_problems, upstream_checkpoint
 from thinkflow.tracking import flatten, write_json
 
+log = logs.get("rl")
 
-def starting_checkpoint(cfg: PipelineConfig, upstream: dict) -> str:
-    init = cfg.rl.init_from or upstream.get("pretrain", {}).get("checkpoint")
+
+def starting_checkpoint(cfg: PipelineConfig, upstream: dict[str, StageResult]) -> str:
+    init = cfg.rl.init_from or upstream_checkpoint(upstream, "pretrain")
     if not init:
         raise ConfigError("rl: no starting checkpoint (no pretrain result upstream and rl.init_from is not set)")
     if not (Path(init) / "config.json").exists():
@@ -82,7 +86,7 @@ def _check_lengths(tokenizer, problems, model, max_new_tokens: int) -> None:
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
-def run_rl(cfg: PipelineConfig, ctx: StageContext) -> dict:
+def run_rl(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     rc, tc = cfg.rl, cfg.trainer
     torch.set_num_threads(tc.num_threads or max(1, (os.cpu_count() or 1) // tc.world_size))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -156,25 +160,24 @@ def _actors(cfg: PipelineConfig, init: str, train: list, work: Path, stack: Exit
     source = AsyncExperience(cfg.rl.actors, cfg.rl, init, task, train, cfg.seed, work)
     stack.callback(source.close)
     where = cfg.rl.actors.address or "a local Ray"
-    print(f"rl: {cfg.rl.actors.num_actors} rollout actors on {where} (pids in {work / 'actors.json'})")
+    log.info("%d rollout actors on %s (pids in %s)", cfg.rl.actors.num_actors, where, work / "actors.json")
     return source
 
 
 def _finish(cfg: PipelineConfig, ctx: StageContext, module: GRPOModule, work: Path, hf_dir: Path, wall: float):
     first, last = module.evals[0], module.evals[-1]
-    result = {
-        "stage": "rl", "run_id": ctx.run_id, "checkpoint": str(hf_dir), "steps": module.rl_step,
-        "val_acc": last["val_acc"], "val_pass@1": last["val_pass@1"],
-        "val_acc_start": first["val_acc"], "val_pass@1_start": first["val_pass@1"],
-        "gain_pass@1": last["val_pass@1"] - first["val_pass@1"], "n_val": last["n_val"],
-        "eval_samples": last["eval_samples"], "wall_s": wall,
+    gain = last["val_pass@1"] - first["val_pass@1"]
+    metrics = {
+        "steps": module.rl_step, "val_acc": last["val_acc"], "val_pass@1": last["val_pass@1"],
+        "val_acc_start": first["val_acc"], "val_pass@1_start": first["val_pass@1"], "gain_pass@1": gain,
+        "n_val": last["n_val"], "eval_samples": last["eval_samples"], "wall_s": wall,
     }  # fmt: skip
+    result = StageResult(stage="rl", run_id=ctx.run_id, checkpoint=str(hf_dir), metrics=metrics)
     if not is_rank_zero():
         return result
     tracker, run_id = ctx.tracker, ctx.run_id
     tracker.log_metrics(
-        run_id,
-        {"rl/wall_s": wall, "rl/gain_pass@1": result["gain_pass@1"], "rl/gain_acc": last["val_acc"] - first["val_acc"]},
+        run_id, {"rl/wall_s": wall, "rl/gain_pass@1": gain, "rl/gain_acc": last["val_acc"] - first["val_acc"]}
     )
     if module.sample_rows:
         tracker.log_table(run_id, module.sample_rows, "samples/rollouts.json")
@@ -188,10 +191,32 @@ def _finish(cfg: PipelineConfig, ctx: StageContext, module: GRPOModule, work: Pa
     tracker.log_dict(run_id, {"evals": module.evals}, "rl/evals.json")
     if cfg.tracking.log_checkpoint:
         tracker.log_artifacts(run_id, hf_dir, "checkpoint")
-    write_json(work / "result.json", result)
-    print(
-        f"rl: held-out pass@1 {first['val_pass@1']:.3f} -> {last['val_pass@1']:.3f}, greedy "
+    log.info(
+        f"held-out pass@1 {first['val_pass@1']:.3f} -> {last['val_pass@1']:.3f}, greedy "
         f"{first['val_acc']:.3f} -> {last['val_acc']:.3f} ({last['n_val']} problems x {last['eval_samples']} samples, "
         f"{module.rl_step} steps, {wall:.0f} s)"
     )
     return result
+
+
+def check_config(cfg: PipelineConfig) -> None:
+    """What the rl section needs from the rest of the config."""
+    if cfg.pretrain is None and not cfg.rl.init_from:
+        raise ValueError("rl needs a starting checkpoint: enable pretrain or set rl.init_from")
+    if cfg.rl.mode == "async" and cfg.trainer.world_size > 1:
+        raise ValueError("rl.mode=async runs one learner process with Ray actors; set trainer.devices=1")
+    if cfg.rl.backend == "vllm" and cfg.trainer.world_size > 1:
+        raise ValueError("rl.backend=vllm runs single-process; use backend=hf with several devices")
+
+
+STAGE = StageSpec(
+    name="rl",
+    run=run_rl,
+    config=RLConfig,
+    order=20,
+    inputs=("task", "model", "trainer", "seed"),
+    upstream=("pretrain",),
+    trains=True,
+    headline=("val_acc", "val_pass@1"),
+    check=check_config,
+)

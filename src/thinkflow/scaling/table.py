@@ -19,7 +19,7 @@ def sample_table(
 
     Returns the table and the wall seconds generation took."""
     if not problems:
-        raise ValueError("ttc_eval: the problem set is empty")
+        raise ValueError("ttc: the problem set is empty")
     params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     t0 = time.perf_counter()
     groups = with_env(engine, task, problems).generate([p.prompt for p in problems], params)

@@ -76,7 +76,7 @@ MINERVA_SHOTS = (
 class MATH500(Task):
     name = "math500"
     answer_delim = "\\boxed"
-    evaluation_only = True  # no training split: ttc_eval (ttc.init_from) and compare only
+    evaluation_only = True  # no training split: ttc (ttc.init_from) and compare only
     chat_instruction = CHAT_INSTRUCTION
     stop = ("\n\nProblem:",)  # a base model that goes on to invent the next few-shot problem
 

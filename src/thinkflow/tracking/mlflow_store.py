@@ -21,7 +21,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from thinkflow import liveness, shutdown
+from thinkflow import liveness, logs, shutdown
+
+log = logs.get("tracking")
 
 STAGE_TAG = "stage"
 FLOW_RUN_TAG = "prefect.flow_run_id"
@@ -118,7 +120,7 @@ def defer_run_status(root: str | Path, uri: str, run_id: str, status: str) -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         fh.write(json.dumps({"uri": uri, "run_id": run_id, "status": status, "time": time.time()}) + "\n")
-    print(f"tracking: {uri} is down; run {run_id} will be marked {status} when a pipeline next starts")
+    log.warning("%s is down; run %s will be marked %s when a pipeline next starts", uri, run_id, status)
 
 
 def _sqlite_lock(uri: str):
@@ -210,7 +212,7 @@ class Tracker:
             if e["uri"] == self.uri:
                 self.client.set_terminated(e["run_id"], status=e["status"])
                 done.append(e["run_id"])
-                print(f"tracking: marked run {e['run_id']} {e['status']} (deferred while the server was down)")
+                log.info("marked run %s %s (deferred while the server was down)", e["run_id"], e["status"])
         rest = [e for e in entries if e["uri"] != self.uri]
         if rest:
             write_lines = "".join(json.dumps(e) + "\n" for e in rest)
@@ -242,8 +244,8 @@ class Tracker:
                 self.client.set_tag(run_id, GONE_TAG, why)
                 self.client.set_terminated(run_id, status="FAILED")
             failed += run_ids
-            print(f"tracking: marked {len(run_ids)} run{'s' * (len(run_ids) > 1)} of a process that is gone "
-                  f"(pid {owner['pid']} on {owner['host']}) FAILED: {', '.join(run_ids)}")  # fmt: skip
+            log.info("marked %d run%s of a process that is gone (pid %s on %s) FAILED: %s", len(run_ids),
+                     "s" * (len(run_ids) > 1), owner["pid"], owner["host"], ", ".join(run_ids))  # fmt: skip
         return failed
 
     def _raise_if_down(self, err: BaseException, during: str) -> None:

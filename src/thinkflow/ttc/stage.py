@@ -1,6 +1,6 @@
-"""The ``ttc_eval`` stage: accuracy as a function of inference compute, per strategy, per checkpoint.
+"""The ``ttc`` stage: accuracy as a function of inference compute, per strategy, per checkpoint.
 
-    python flows/pipeline.py                                   # pretrain -> rl -> ttc_eval
+    python flows/pipeline.py                                   # pretrain -> rl -> ttc
     python flows/pipeline.py ttc.n_max=16 "ttc.ks=[1,2,4,8,16]"
     python flows/pipeline.py "~pretrain" "~rl" ttc.init_from=path/to/hf     # any checkpoint alone
 
@@ -20,39 +20,55 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from thinkflow.config import ConfigError, PipelineConfig
+from thinkflow import logs
+from thinkflow.config import ConfigError, PipelineConfig, TTCConfig
 from thinkflow.envs import EnvTask, transcripts_markdown
 from thinkflow.evaluation import breakdown, breakdown_markdown, breakdown_metrics
 from thinkflow.inference import open_engine
 from thinkflow.models.flops import FlopModel
+from thinkflow.registry import StageResult, StageSpec
 from thinkflow.scaling.curves import VERIFIER_SCORED, curve_points, per_problem, problem_compute
 from thinkflow.scaling.sequential import BUDGET_COLUMNS, budget_points
 from thinkflow.scaling.table import sample_table
-from thinkflow.stages import StageContext, config_key, stage_work_dir
-from thinkflow.tracking import write_json
+from thinkflow.stages import StageContext, config_key, stage_work_dir, upstream_checkpoint
 from thinkflow.ttc.allocation import compute_optimal, compute_saving, difficulty_bins
 from thinkflow.ttc.plots import accuracy_vs, budget_plot
 from thinkflow.ttc.search import search_points, supports_search
 from thinkflow.ttc.verifier import LearnedVerifier, sample_stats
 
+log = logs.get("ttc")
 
-def checkpoints_to_evaluate(cfg: PipelineConfig, upstream: dict) -> dict[str, str]:
+
+def evaluated_stages(cfg: PipelineConfig) -> list[str]:
+    """The stages in ``ttc.checkpoints`` that run in this pipeline (those are evaluated)."""
+    return [name for name in cfg.ttc.checkpoints if cfg.enabled(name)]
+
+
+def checkpoints_to_evaluate(cfg: PipelineConfig, upstream: dict[str, StageResult]) -> dict[str, str]:
     if cfg.ttc.init_from:
         return {"init": cfg.ttc.init_from}
-    found = {name: upstream.get(name, {}).get("checkpoint") for name in cfg.ttc_checkpoints}
+    found = {name: upstream_checkpoint(upstream, name) for name in evaluated_stages(cfg)}
     missing = [n for n, path in found.items() if not path or not (Path(path) / "config.json").exists()]
     if missing:
-        raise ConfigError(f"ttc_eval: no checkpoint from {missing} (did those stages run?); or set ttc.init_from")
+        raise ConfigError(f"ttc: no checkpoint from {missing} (did those stages run?); or set ttc.init_from")
     return found
 
 
-def run_ttc_eval(cfg: PipelineConfig, ctx: StageContext) -> dict:
+def check_config(cfg: PipelineConfig) -> None:
+    if not cfg.ttc.init_from and not evaluated_stages(cfg):
+        raise ValueError(
+            f"ttc: none of ttc.checkpoints={cfg.ttc.checkpoints} runs in this pipeline; enable one of "
+            "those stages or set ttc.init_from"
+        )
+
+
+def run_ttc(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     tc = cfg.ttc
     task = cfg.task.build()
     n_problems = tc.n_problems or cfg.task.n_test
     train, problems = task.splits(tc.verifier.train_problems, n_problems, seed=cfg.seed)
     ckpts = checkpoints_to_evaluate(cfg, ctx.upstream)
-    work = stage_work_dir(cfg, "ttc_eval", {"ttc": tc.model_dump(), "task": cfg.task.model_dump(),
+    work = stage_work_dir(cfg, "ttc", {"ttc": tc.model_dump(), "task": cfg.task.model_dump(),
                                             "ckpts": config_key(ckpts), "seed": cfg.seed})  # fmt: skip
     ctx.tracker.log_params(ctx.run_id, {f"ttc.{k}": str(v) for k, v in tc.model_dump().items()} |
                            {f"checkpoint.{n}": p for n, p in ckpts.items()})  # fmt: skip
@@ -95,7 +111,7 @@ def _evaluate(cfg, ctx, task, train, problems, name, path, work):
             search = search_points(engine, task, problems, name, flop_model, sc.widths, sc.expand, sc.max_steps,
                                    sc.step_tokens, tc.bootstrap)  # fmt: skip
             budgets = pd.concat([budgets, search], ignore_index=True)
-    print(f"ttc_eval: {name}: {len(problems)} problems x {tc.n_max} samples in {gen_wall:.1f} s; {verifier_note}")
+    log.info("%s: %d problems x %d samples in %.1f s; %s", name, len(problems), tc.n_max, gen_wall, verifier_note)
     t0 = time.perf_counter()
     levels = {p.id: p.meta["level"] for p in problems if "level" in p.meta}
     points, allocation = score_all(name, table, flop_model, gen_wall, tc, levels or None)
@@ -222,7 +238,7 @@ def _summary(points, budgets, allocation, gen_wall, scoring_s) -> dict:
     }  # fmt: skip
 
 
-def _finish(cfg, ctx, work, points, budgets, summaries, wall) -> dict:
+def _finish(cfg, ctx, work, points, budgets, summaries, wall) -> StageResult:
     tracker, run_id = ctx.tracker, ctx.run_id
     points.to_csv(work / "points.csv", index=False)
     budgets.to_csv(work / "budget_points.csv", index=False)
@@ -245,10 +261,21 @@ def _finish(cfg, ctx, work, points, budgets, summaries, wall) -> dict:
         "maj_gain": s[f"maj_at_{k}"] - s["pass_at_1"],
     }
     tracker.log_metrics(run_id, {"ttc/wall_s": wall} | {f"ttc/{last}/maj_gain": headline["maj_gain"]})
-    result = {"stage": "ttc_eval", "run_id": run_id, "table": str(work / "points.csv"), "wall_s": wall,
-              "summary_md": markdown, "checkpoints": list(summaries), "summaries": summaries} | headline  # fmt: skip
-    write_json(work / "result.json", {k: v for k, v in result.items() if k != "summary_md"})
-    return result
+    return StageResult(stage="ttc", run_id=run_id, table=str(work / "points.csv"), summary_md=markdown,
+                       metrics=headline | {"wall_s": wall}, details={"summaries": summaries})  # fmt: skip
+
+
+STAGE = StageSpec(
+    name="ttc",
+    run=run_ttc,
+    config=TTCConfig,
+    order=30,
+    inputs=("task", "seed"),
+    upstream=("pretrain", "rl"),
+    headline=("pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high", "maj_at_16", "maj_gain"),
+    check=check_config,
+    aliases=("ttc_eval",),
+)
 
 
 def summary_markdown(points: pd.DataFrame, budgets: pd.DataFrame, summaries: dict) -> str:
