@@ -23,8 +23,10 @@ KEY_ENV = "THINKFLOW_BENCH_API_KEY"
 def run(requests: int, latency: float, concurrency: int, rpm: float) -> tuple[float, int, int]:
     """(wall seconds, paid calls, max requests the server saw in any 1 s window)."""
     with ScriptedOpenAIServer({}, latency_s=latency, api_key=os.environ[KEY_ENV]) as server:
-        client = APIClient(Endpoint(server.base_url, "scripted", KEY_ENV, "completions"),
-                           Limits(concurrency=concurrency, requests_per_minute=rpm, tokens_per_minute=None))  # fmt: skip
+        client = APIClient(
+            Endpoint(server.base_url, "scripted", KEY_ENV, "completions"),
+            Limits(concurrency=concurrency, requests_per_minute=rpm, tokens_per_minute=None),
+        )
         calls = [
             Call(f"Question: request {i}\nAnswer:", max_tokens=16, temperature=1.0, seed=i) for i in range(requests)
         ]

@@ -53,8 +53,15 @@ def rl_stage_run(init: str, overrides: list[str]) -> tuple[dict, Callable[[str],
     from thinkflow.runner import run_stage, start_pipeline_run
 
     root = Path(tempfile.mkdtemp(prefix="rl-bench-"))
-    config = compose([f"paths.root={root}", f"rl.init_from={init}", "trainer.progress_bar=false",
-                      "tracking.log_checkpoint=false", *overrides])  # fmt: skip
+    config = compose(
+        [
+            f"paths.root={root}",
+            f"rl.init_from={init}",
+            "trainer.progress_bar=false",
+            "tracking.log_checkpoint=false",
+            *overrides,
+        ]
+    )
     config.pop("hydra", None)
     config["pretrain"] = None
     result = run_stage("rl", config, start_pipeline_run(config, None), {}, None)

@@ -16,8 +16,9 @@ from thinkflow.profile.ledger import generation_totals
 
 
 def main() -> None:
-    model, tokenizer = build_model_and_tokenizer({"name": "tiny", "n_layers": 4, "d_model": 128, "n_heads": 4,
-                                                  "n_kv_heads": 4, "d_ff": 512, "max_seq_len": 64})  # fmt: skip
+    model, tokenizer = build_model_and_tokenizer(
+        {"name": "tiny", "n_layers": 4, "d_model": 128, "n_heads": 4, "n_kv_heads": 4, "d_ff": 512, "max_seq_len": 64}
+    )
     engine = HFEngine(model, tokenizer)
     prompts = [f"{1000 + i}*7=" for i in range(64)]
     params = SamplingParams(n=16, temperature=1.0, max_new_tokens=24, ignore_eos=True, seed=0)

@@ -38,8 +38,18 @@ def make_batches(cfg, tokenizer, steps: int) -> list[dict]:
 def module_for(cfg, model, tokenizer) -> CausalLMModule:
     pc = cfg.pretrain
     task = build_task(cfg.task.name, cfg.task.difficulty, cfg.task.source)
-    return CausalLMModule(model, tokenizer, task, [], lr=pc.lr, max_steps=10**6, warmup_steps=pc.warmup_steps,
-                          min_lr_ratio=pc.min_lr_ratio, weight_decay=pc.weight_decay, betas=pc.betas)  # fmt: skip
+    return CausalLMModule(
+        model,
+        tokenizer,
+        task,
+        [],
+        lr=pc.lr,
+        max_steps=10**6,
+        warmup_steps=pc.warmup_steps,
+        min_lr_ratio=pc.min_lr_ratio,
+        weight_decay=pc.weight_decay,
+        betas=pc.betas,
+    )
 
 
 def plain_loop(cfg, batches, warmup: int) -> float:
@@ -82,10 +92,17 @@ def lightning_loop(cfg, batches, warmup: int) -> float:
     model, tokenizer = build_model_and_tokenizer(cfg.model.model_dump(), seed=0)
     timer = _Timer(warmup)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=len(batches), logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=cfg.pretrain.grad_clip,
-        limit_val_batches=0, callbacks=[timer],
-    )  # fmt: skip
+        accelerator="cpu",
+        devices=1,
+        max_steps=len(batches),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=cfg.pretrain.grad_clip,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
     loader = DataLoader(batches, batch_size=None)  # the pre-collated batches, as they are
     trainer.fit(module_for(cfg, model, tokenizer), train_dataloaders=loader)
     return timer.tokens / (timer.t1 - timer.t0)

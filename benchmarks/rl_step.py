@@ -71,8 +71,13 @@ def report(runs: dict, baseline: dict | None, steps: int) -> str:
             f"| {name} | {r['step_s']:.3f} | {r['rollout_s']:.3f} | {r['learner_s']:.3f} | {r['weight_sync_s']:.4f} "
             f"| {r['rollout_tokens_per_s']:,.0f} | {r['learner_tokens_per_s']:,.0f} | {r['groups_trained']:.1f} |"
         )
-    lines = [f"Machine: {machine_line()}. Default config (16 prompts x 8 samples, 2 passes, DAPO), {steps} RL "
-             f"steps per run, medians over steps {WARMUP + 1}..{steps}.", "", *rows, ""]  # fmt: skip
+    lines = [
+        f"Machine: {machine_line()}. Default config (16 prompts x 8 samples, 2 passes, DAPO), {steps} RL "
+        f"steps per run, medians over steps {WARMUP + 1}..{steps}.",
+        "",
+        *rows,
+        "",
+    ]
     if baseline:
         like = runs[LIKE_TRL]["step_s"]
         lines += [

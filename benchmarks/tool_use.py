@@ -44,17 +44,23 @@ def job_results(root: Path) -> dict[str, dict]:
         ttc = client.get_run(stages["ttc"].info.run_id).data.metrics
         rl = stages["rl"].data.metrics
         points = _points(client, stages["ttc"].info.run_id)
-        row = {"wall_s": {s: (r.info.end_time - r.info.start_time) / 1000 for s, r in stages.items() if s},
-               "rl_gain": rl.get("rl/gain_pass_at_1")}  # fmt: skip
+        row = {
+            "wall_s": {s: (r.info.end_time - r.info.start_time) / 1000 for s, r in stages.items() if s},
+            "rl_gain": rl.get("rl/gain_pass_at_1"),
+        }
         for ckpt in ("pretrain", "rl"):
             p1 = points[(points.checkpoint == ckpt) & (points.strategy == "pass") & (points.k == 1)].iloc[0]
             maj = points[(points.checkpoint == ckpt) & (points.strategy == "maj") & (points.k == 16)].iloc[0]
-            row[ckpt] = {"pass1": p1.accuracy, "ci": (p1.ci_low, p1.ci_high), "maj16": maj.accuracy,
-                         "maj_ci": (maj.ci_low, maj.ci_high),
-                         "well_formed": ttc.get(f"ttc/{ckpt}/env/well_formed_call_frac"),
-                         "grounded": _grounded_share(client, stages["ttc"].info.run_id, ckpt),
-                         "calls": ttc.get(f"ttc/{ckpt}/env/tool_calls_per_episode"),
-                         "invalid": ttc.get(f"ttc/{ckpt}/env/invalid_action_rate")}  # fmt: skip
+            row[ckpt] = {
+                "pass1": p1.accuracy,
+                "ci": (p1.ci_low, p1.ci_high),
+                "maj16": maj.accuracy,
+                "maj_ci": (maj.ci_low, maj.ci_high),
+                "well_formed": ttc.get(f"ttc/{ckpt}/env/well_formed_call_frac"),
+                "grounded": _grounded_share(client, stages["ttc"].info.run_id, ckpt),
+                "calls": ttc.get(f"ttc/{ckpt}/env/tool_calls_per_episode"),
+                "invalid": ttc.get(f"ttc/{ckpt}/env/invalid_action_rate"),
+            }
         out["with calculator" if tools else "without calculator"] = row
     return out
 
@@ -85,25 +91,39 @@ def _share(value: float, c: dict) -> str:
 
 def report(results: dict, wall: float | None) -> str:
     span = results.pop("_span_s")
-    rows = ["| model | checkpoint | pass@1 [95% CI] | maj@16 [95% CI] | tool calls / episode | well-formed calls | "
-            "grounded calls | invalid actions / turn |", "|---|---|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    rows = [
+        "| model | checkpoint | pass@1 [95% CI] | maj@16 [95% CI] | tool calls / episode | well-formed calls | "
+        "grounded calls | invalid actions / turn |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
     for name, r in results.items():
         for ckpt in ("pretrain", "rl"):
             c = r[ckpt]
-            rows.append(f"| {name} | {ckpt} | {c['pass1']:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] | {c['maj16']:.3f} "
-                        f"[{c['maj_ci'][0]:.3f}, {c['maj_ci'][1]:.3f}] | {c['calls']:.2f} | {_share(c['well_formed'], c)} | "
-                        f"{_share(c['grounded'], c)} | {c['invalid']:.3f} |")  # fmt: skip
-    walls = "; ".join(f"{name}: " + ", ".join(f"{s} {w:.0f} s" for s, w in r["wall_s"].items() if s != "sweep")
-                      for name, r in results.items())  # fmt: skip
-    return "\n".join([
-        f"Machine: {machine_line()}. `python flows/pipeline.py -m experiment=tool_use`: sums of two products of "
-        "3-digit numbers, 256 held-out problems x 16 temperature-1 episodes per checkpoint; the same 1.06M-parameter "
-        "model pretrained 240 steps on tool traces or on direct answers, then 40 RL steps in the environment.", "",
-        *rows, "", "RL stage, held-out pass@1 gain (4 samples per problem): " + "; ".join(
-            f"{name} {r['rl_gain']:+.3f}" for name, r in results.items()) + ".",
-        "", f"Whole sweep: {(wall or span) / 60:.1f} min wall, first pipeline start to last end {span / 60:.1f} min "
-        f"({walls}).",
-    ])  # fmt: skip
+            rows.append(
+                f"| {name} | {ckpt} | {c['pass1']:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] | {c['maj16']:.3f} "
+                f"[{c['maj_ci'][0]:.3f}, {c['maj_ci'][1]:.3f}] | {c['calls']:.2f} | {_share(c['well_formed'], c)} | "
+                f"{_share(c['grounded'], c)} | {c['invalid']:.3f} |"
+            )
+    walls = "; ".join(
+        f"{name}: " + ", ".join(f"{s} {w:.0f} s" for s, w in r["wall_s"].items() if s != "sweep")
+        for name, r in results.items()
+    )
+    return "\n".join(
+        [
+            f"Machine: {machine_line()}. `python flows/pipeline.py -m experiment=tool_use`: sums of two products of "
+            "3-digit numbers, 256 held-out problems x 16 temperature-1 episodes per checkpoint; the same 1.06M-parameter "
+            "model pretrained 240 steps on tool traces or on direct answers, then 40 RL steps in the environment.",
+            "",
+            *rows,
+            "",
+            "RL stage, held-out pass@1 gain (4 samples per problem): "
+            + "; ".join(f"{name} {r['rl_gain']:+.3f}" for name, r in results.items())
+            + ".",
+            "",
+            f"Whole sweep: {(wall or span) / 60:.1f} min wall, first pipeline start to last end {span / 60:.1f} min "
+            f"({walls}).",
+        ]
+    )
 
 
 def main() -> None:

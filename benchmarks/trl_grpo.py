@@ -126,11 +126,31 @@ def grpo_config(steps: int, out_dir: str, seed: int) -> GRPOConfig:
 
 def config_summary(cfg: GRPOConfig) -> dict[str, Any]:
     keys = (
-        "per_device_train_batch_size", "gradient_accumulation_steps", "num_generations", "generation_batch_size",
-        "steps_per_generation", "num_iterations", "max_completion_length", "temperature", "top_p", "learning_rate",
-        "lr_scheduler_type", "adam_beta2", "max_grad_norm", "beta", "loss_type", "epsilon", "epsilon_high",
-        "scale_rewards", "use_vllm", "use_cpu", "gradient_checkpointing", "bf16", "max_steps", "seed",
-    )  # fmt: skip
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "num_generations",
+        "generation_batch_size",
+        "steps_per_generation",
+        "num_iterations",
+        "max_completion_length",
+        "temperature",
+        "top_p",
+        "learning_rate",
+        "lr_scheduler_type",
+        "adam_beta2",
+        "max_grad_norm",
+        "beta",
+        "loss_type",
+        "epsilon",
+        "epsilon_high",
+        "scale_rewards",
+        "use_vllm",
+        "use_cpu",
+        "gradient_checkpointing",
+        "bf16",
+        "max_steps",
+        "seed",
+    )
     return {k: _plain(getattr(cfg, k, None)) for k in keys}
 
 

@@ -87,14 +87,20 @@ def optimize(trials: int, space: dict[str, tuple], base: list[str], study_name: 
         raise ConfigError("the Optuna search maximises rl/val_pass@1: the pipeline needs its rl stage")
     store = Path(cfg.paths.root).resolve() / "mlruns"
     store.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(study_name=study_name, storage=f"sqlite:///{store / 'optuna.db'}",
-                                direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
-                                load_if_exists=True)  # fmt: skip
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=f"sqlite:///{store / 'optuna.db'}",
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        load_if_exists=True,
+    )
 
     def objective(trial) -> float:
         overrides = suggest(trial, space)
-        result = pipeline(compose([*base, *overrides]), {SWEEP_TAG: study_name, "optuna.trial": str(trial.number),
-                                                          "sweep.overrides": " ".join(overrides)})  # fmt: skip
+        result = pipeline(
+            compose([*base, *overrides]),
+            {SWEEP_TAG: study_name, "optuna.trial": str(trial.number), "sweep.overrides": " ".join(overrides)},
+        )
         trial.set_user_attr("parent_run_id", result["parent_run_id"])
         return float(result["rl"].metrics["val_pass@1"])
 
@@ -107,10 +113,16 @@ def optimize(trials: int, space: dict[str, tuple], base: list[str], study_name: 
         with tempfile.TemporaryDirectory() as tmp:
             table.to_csv(Path(tmp) / "trials.csv", index=False)
             tracker.log_artifacts(run_id, tmp, "optuna")
-    print(f"optuna {study_name}: best rl/val_pass@1 {study.best_value:.4f} with {study.best_params} "
-          f"after {len(study.trials)} trials (MLflow run {run_id})")  # fmt: skip
-    return {"best_value": study.best_value, "best_params": study.best_params, "run_id": run_id,
-            "trials": len(study.trials)}  # fmt: skip
+    print(
+        f"optuna {study_name}: best rl/val_pass@1 {study.best_value:.4f} with {study.best_params} "
+        f"after {len(study.trials)} trials (MLflow run {run_id})"
+    )
+    return {
+        "best_value": study.best_value,
+        "best_params": study.best_params,
+        "run_id": run_id,
+        "trials": len(study.trials),
+    }
 
 
 def main() -> None:

@@ -30,12 +30,17 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides passed to every scheduled run")
     args = parser.parse_args()
     if not os.environ.get("PREFECT_API_URL"):
-        sys.exit("flows/serve.py needs a Prefect server: run `prefect server start` and set "
-                 "PREFECT_API_URL=http://127.0.0.1:4200/api (scheduled runs outlive this shell)")  # fmt: skip
+        sys.exit(
+            "flows/serve.py needs a Prefect server: run `prefect server start` and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api (scheduled runs outlive this shell)"
+        )
     scheduled_pipeline.serve(
-        name=args.name, cron=args.cron, parameters={"config_name": args.config_name, "overrides": args.overrides},
-        description="thinkflow pipeline on a schedule (config name + Hydra overrides)", tags=["thinkflow"],
-    )  # fmt: skip
+        name=args.name,
+        cron=args.cron,
+        parameters={"config_name": args.config_name, "overrides": args.overrides},
+        description="thinkflow pipeline on a schedule (config name + Hydra overrides)",
+        tags=["thinkflow"],
+    )
 
 
 if __name__ == "__main__":

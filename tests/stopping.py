@@ -20,8 +20,14 @@ from tests.conftest import ROOT
 def pipeline_command(tmp_path: Path, *overrides: str) -> tuple[list[str], dict]:
     """``python flows/pipeline.py`` on the tiny experiment under ``tmp_path``, with its own PREFECT_HOME (the marker
     ``leftovers`` looks for)."""
-    cmd = [sys.executable, str(ROOT / "flows" / "pipeline.py"), "experiment=tiny", f"paths.root={tmp_path}",
-           "trainer.progress_bar=false", *overrides]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "flows" / "pipeline.py"),
+        "experiment=tiny",
+        f"paths.root={tmp_path}",
+        "trainer.progress_bar=false",
+        *overrides,
+    ]
     env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
     return cmd, env
 
@@ -70,8 +76,9 @@ def no_leftovers(tmp_path: Path, tree: list = (), ignore: set[int] = frozenset()
     return left
 
 
-def signal_when(proc: subprocess.Popen, log: Path, ready, what: str, sig: int = signal.SIGTERM,
-                timeout: float = 300) -> list[psutil.Process]:  # fmt: skip
+def signal_when(
+    proc: subprocess.Popen, log: Path, ready, what: str, sig: int = signal.SIGTERM, timeout: float = 300
+) -> list[psutil.Process]:
     """Send ``sig`` to the pipeline once ``ready()``; returns the pipeline's process tree as it was just before
     (for ``leftovers``; ``.info`` holds each one's name and cmdline)."""
     deadline = time.time() + timeout
@@ -87,8 +94,15 @@ def signal_when(proc: subprocess.Popen, log: Path, ready, what: str, sig: int = 
     raise AssertionError(f"no {what} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def signal_once_logged(tmp_path: Path, proc: subprocess.Popen, log: Path, stage: str, metric: str,
-                       sig: int = signal.SIGTERM, timeout: float = 300) -> list[psutil.Process]:  # fmt: skip
+def signal_once_logged(
+    tmp_path: Path,
+    proc: subprocess.Popen,
+    log: Path,
+    stage: str,
+    metric: str,
+    sig: int = signal.SIGTERM,
+    timeout: float = 300,
+) -> list[psutil.Process]:
     """``signal_when`` ``stage``'s run has logged ``metric`` (it is training)."""
 
     def logged() -> bool:

@@ -62,8 +62,11 @@ def planted(tmp_path, data) -> tuple[Path, list[dict]]:
 
 
 def test_normalize_ignores_layout_but_keeps_operators():
-    assert normalize("Janet’s  ducks,\nlay 1,000 eggs!") == normalize("JANET'S DUCKS LAY 1000 EGGS") == [
-        "janets", "ducks", "lay", "1000", "eggs"]  # fmt: skip
+    assert (
+        normalize("Janet’s  ducks,\nlay 1,000 eggs!")
+        == normalize("JANET'S DUCKS LAY 1000 EGGS")
+        == ["janets", "ducks", "lay", "1000", "eggs"]
+    )
     assert (
         normalize(r"$\left( 3, \dfrac{\pi}{2} \right)$") == normalize(r"(3, \frac{\pi}{2})") == ["3", "frac", "pi", "2"]
     )
@@ -75,10 +78,13 @@ def test_normalize_ignores_layout_but_keeps_operators():
 def test_planted_problems_are_found_and_point_at_their_source(planted, data):
     path, rows = planted
     index = EvalIndex.build(
-        {"math500/test": [r["problem"] for r in data["math500"]], "gsm8k/test": [r["question"] for r in data["gsm8k_test"]],
-         "multiply": ["0347*6=", "0347+6="]},
+        {
+            "math500/test": [r["problem"] for r in data["math500"]],
+            "gsm8k/test": [r["question"] for r in data["gsm8k_test"]],
+            "multiply": ["0347*6=", "0347+6="],
+        },
         ids={"math500/test": [r["unique_id"] for r in data["math500"]]},
-    )  # fmt: skip
+    )
     report = check((("sft", r["question"]) for r in rows), index)
     rep = report.sources["sft"]
     assert (rep.checked, rep.contaminated, rep.flagged) == (6, 3, [1, 3, 4])
@@ -149,9 +155,23 @@ def test_cli_drop_writes_only_clean_rows(planted, gsm8k_dir, tmp_path, capsys):
 
 def test_cli_fail_exits_nonzero(planted, gsm8k_dir, tmp_path):
     path, _ = planted
-    cmd = [sys.executable, "-m", "thinkflow.contamination", "--train", f"sft={path}", "--eval",
-           str(gsm8k_dir.parent / "math500"), "--eval", str(gsm8k_dir / "test.jsonl"), "--field", "question",
-           "--field", "problem", "--action", "fail"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "thinkflow.contamination",
+        "--train",
+        f"sft={path}",
+        "--eval",
+        str(gsm8k_dir.parent / "math500"),
+        "--eval",
+        str(gsm8k_dir / "test.jsonl"),
+        "--field",
+        "question",
+        "--field",
+        "problem",
+        "--action",
+        "fail",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert "sft[1] overlaps math500 problem test/intermediate_algebra/1994.json" in proc.stderr
@@ -170,8 +190,18 @@ def test_cli_logs_counts_and_report_to_mlflow(planted, gsm8k_dir, tmp_path):
     client = MlflowClient(uri)
     exp = client.create_experiment("contamination", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(exp).info.run_id
-    argv = ["--train", f"sft={path}", "--eval", str(gsm8k_dir.parent / "math500"), "--eval",
-            str(gsm8k_dir / "test.jsonl"), "--mlflow-run", run_id, "--tracking-uri", uri]  # fmt: skip
+    argv = [
+        "--train",
+        f"sft={path}",
+        "--eval",
+        str(gsm8k_dir.parent / "math500"),
+        "--eval",
+        str(gsm8k_dir / "test.jsonl"),
+        "--mlflow-run",
+        run_id,
+        "--tracking-uri",
+        uri,
+    ]
     assert main(argv) == 0  # action report
     metrics = client.get_run(run_id).data.metrics
     assert metrics["contamination/sft/checked"] == 6 and metrics["contamination/sft/overlapping"] == 2

@@ -24,8 +24,12 @@ def _check(tmp_path, sweep: list[str], experiment: str = "tiny") -> list[list[st
 
 def test_a_good_sweep_passes_with_each_job_in_hydra_order(tmp_path):
     jobs = _check(tmp_path, ["model.n_heads=2,4", "task=addition,gsm8k"])
-    assert [job[2:] for job in jobs] == [["model.n_heads=2", "task=addition"], ["model.n_heads=2", "task=gsm8k"],
-                                         ["model.n_heads=4", "task=addition"], ["model.n_heads=4", "task=gsm8k"]]  # fmt: skip
+    assert [job[2:] for job in jobs] == [
+        ["model.n_heads=2", "task=addition"],
+        ["model.n_heads=2", "task=gsm8k"],
+        ["model.n_heads=4", "task=addition"],
+        ["model.n_heads=4", "task=gsm8k"],
+    ]
     assert len(_check(tmp_path, [], experiment="attention_variants")) == 3  # hydra.sweeper.params: model=mha,gqa,mqa
 
 

@@ -61,8 +61,12 @@ def guard_child(child_pid: int) -> subprocess.Popen:
     by itself when the child ends first. Clean environment, no inherited output: it is invisible to the user."""
     return subprocess.Popen(
         [sys.executable, "-I", os.path.abspath(__file__), str(os.getpid()), str(child_pid)],
-        env={}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
-    )  # fmt: skip
+        env={},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+    )
 
 
 def _watch(owner_pid: int, child_pid: int, poll_s: float = 0.5, grace_s: float = 3.0) -> None:

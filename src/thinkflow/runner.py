@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from thinkflow import logs
 from thinkflow.caching import REUSED_TAG
@@ -16,6 +17,10 @@ from thinkflow.profile.ledger import PeakMemory, stage_ledger
 from thinkflow.profile.pipeline import pipeline_profile, stage_metrics
 from thinkflow.registry import StageResult, StageSpec, stage_spec, stage_specs
 from thinkflow.stages import StageContext
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
 from thinkflow.tracking import (
     FLOW_RUN_TAG,
     STAGE_TAG,
@@ -120,9 +125,11 @@ def record_reuse(name: str, config: dict, parent_run_id: str, result: StageResul
     spec = stage_spec(name)
     tracker = open_tracker(validate(config))
     source = result.run_id
-    note = (f"Reused: the `{name}` stage's config, upstream results and code are unchanged, so this pipeline "
-            f"run reuses the result of run [{source}](#/experiments/{tracker.experiment_id}/runs/{source}); "
-            "recompute it with `cache.refresh=[" + name + "]`.")  # fmt: skip
+    note = (
+        f"Reused: the `{name}` stage's config, upstream results and code are unchanged, so this pipeline "
+        f"run reuses the result of run [{source}](#/experiments/{tracker.experiment_id}/runs/{source}); "
+        "recompute it with `cache.refresh=[" + name + "]`."
+    )
     tags = {STAGE_TAG: name, FLOW_RUN_TAG: flow_run_id or "", REUSED_TAG: source, "mlflow.note.content": note}
     with tracker.run(name, tags, parent_run_id=parent_run_id) as run_id:
         # the reused run's params, so MLflow's Compare view shows what this stage ran with (its metrics stay
@@ -135,7 +142,7 @@ def record_reuse(name: str, config: dict, parent_run_id: str, result: StageResul
     return run_id
 
 
-def _run_or_none(tracker: Tracker, run_id: str):
+def _run_or_none(tracker: Tracker, run_id: str) -> Run | None:
     from mlflow.exceptions import MlflowException
 
     try:

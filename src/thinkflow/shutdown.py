@@ -160,8 +160,9 @@ def stop(grace_s: float, running: Callable[[], bool]) -> bool:
             time.sleep(0.1)
         ended = not running()
         if _again and not ended:
-            log.info("%s again: not waiting for the stage any longer; ending what it started",
-                     signal.Signals(_again[0]).name)  # fmt: skip
+            log.info(
+                "%s again: not waiting for the stage any longer; ending what it started", signal.Signals(_again[0]).name
+            )
     finally:
         _call(1)
     return ended

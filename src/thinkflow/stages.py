@@ -70,8 +70,12 @@ def training_problems(cfg: PipelineConfig, task: Task, n_train: int, ctx: StageC
         what = "dropped" if dropped else "kept"
         log.info(
             "%s: %d of %d training problems overlap held-out ones (%s): %s",
-            task.name, report.contaminated, len(train), what, report.describe(),
-        )  # fmt: skip
+            task.name,
+            report.contaminated,
+            len(train),
+            what,
+            report.describe(),
+        )
     return ([train[i] for i in report.kept] if dropped else train), test
 
 

@@ -48,8 +48,11 @@ def job_tags() -> dict[str, str]:
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN:
         return {}
-    return {SWEEP_TAG: sweep_id(hc.sweep.dir), "sweep.job": str(hc.job.num),
-            "sweep.overrides": " ".join(hc.overrides.task)[:5000]}  # fmt: skip
+    return {
+        SWEEP_TAG: sweep_id(hc.sweep.dir),
+        "sweep.job": str(hc.job.num),
+        "sweep.overrides": " ".join(hc.overrides.task)[:5000],
+    }
 
 
 def summary_table(tracker: Tracker, sid: str) -> pd.DataFrame:
@@ -61,8 +64,15 @@ def summary_table(tracker: Tracker, sid: str) -> pd.DataFrame:
     for r in runs:
         if r.data.tags.get(SUMMARY_TAG) or r.data.tags.get("mlflow.parentRunId"):
             continue
-        rows.append({"job": int(r.data.tags.get("sweep.job", -1)), "overrides": r.data.tags.get("sweep.overrides", ""),
-                     "status": r.info.status, "run_id": r.info.run_id, **dict(sorted(r.data.metrics.items()))})  # fmt: skip
+        rows.append(
+            {
+                "job": int(r.data.tags.get("sweep.job", -1)),
+                "overrides": r.data.tags.get("sweep.overrides", ""),
+                "status": r.info.status,
+                "run_id": r.info.run_id,
+                **dict(sorted(r.data.metrics.items())),
+            }
+        )
     return pd.DataFrame(rows).sort_values("job") if rows else pd.DataFrame(rows)
 
 
@@ -71,8 +81,7 @@ def to_markdown(table: pd.DataFrame, sid: str) -> str:
         return f"# Sweep {sid}\n\nNo finished jobs.\n"
     cols = list(table.columns)
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = [f"# Sweep {sid}: {len(table)} jobs", "", "| " + " | ".join(cols) + " |",
-             "|" + "---|" * len(cols)]  # fmt: skip
+    lines = [f"# Sweep {sid}: {len(table)} jobs", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join("" if pd.isna(v) else fmt(v) for v in row) + " |" for row in table.itertuples(False)]
     return "\n".join(lines) + "\n"
 
@@ -95,8 +104,9 @@ def ttc_curves(tracker: Tracker, table: pd.DataFrame, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 5))
     labels = job_labels(table)
     for row in table.itertuples(False):
-        runs = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{row.run_id}' "
-                                          "and tags.stage = 'ttc'")  # fmt: skip
+        runs = tracker.client.search_runs(
+            [tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{row.run_id}' and tags.stage = 'ttc'"
+        )
         if not runs:
             continue
         with tempfile.TemporaryDirectory() as tmp:
@@ -156,8 +166,11 @@ def decode_plot(table: pd.DataFrame, out: Path) -> Path | None:
 
 def _plain(config: DictConfig, overrides: list[str]) -> dict:
     # resolve everything but the hydra node (its job-level keys are unset outside a job)
-    plain = {key: OmegaConf.to_container(config[key], resolve=True) if OmegaConf.is_config(config[key])
-             else config[key] for key in config if key != "hydra"}  # fmt: skip
+    plain = {
+        key: OmegaConf.to_container(config[key], resolve=True) if OmegaConf.is_config(config[key]) else config[key]
+        for key in config
+        if key != "hydra"
+    }
     return drop_removed_stages(plain, overrides)
 
 

@@ -161,8 +161,9 @@ class ScriptedOpenAIServer:
                     with server._lock:
                         server.faulted[fault] += 1
                 if fault == "429":
-                    return self._json(429, {"error": {"message": "rate limited"}},
-                                      {"retry-after": f"{server.retry_after_s:g}"})  # fmt: skip
+                    return self._json(
+                        429, {"error": {"message": "rate limited"}}, {"retry-after": f"{server.retry_after_s:g}"}
+                    )
                 if fault == "500":
                     return self._json(500, {"error": {"message": "internal error"}})
                 if fault == "drop":
@@ -182,17 +183,28 @@ class ScriptedOpenAIServer:
                 usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
                 if fault == "malformed":
                     return self._raw(200, b'{"id": "cmpl-1", "choices": [{"text": "trunc')
-                key = hashlib.sha256(json.dumps([self.path, prompt, body.get("seed"), body.get("temperature"),
-                                                 body.get("max_tokens")]).encode()).hexdigest()  # fmt: skip
+                key = hashlib.sha256(
+                    json.dumps(
+                        [self.path, prompt, body.get("seed"), body.get("temperature"), body.get("max_tokens")]
+                    ).encode()
+                ).hexdigest()
                 cost = (usage["prompt_tokens"] * server.prices[0] + usage["completion_tokens"] * server.prices[1]) / 1e6
                 with server._lock:
                     server.paid[key] += 1
                     server.spent_usd += cost
                 choice = {"index": 0, "finish_reason": "stop", "logprobs": None}
                 choice |= {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
-                self._json(200, {"id": "cmpl-x", "object": "chat.completion" if chat else "text_completion",
-                                 "created": int(time.time()), "model": body.get("model", "scripted"),
-                                 "choices": [choice], "usage": usage})  # fmt: skip
+                self._json(
+                    200,
+                    {
+                        "id": "cmpl-x",
+                        "object": "chat.completion" if chat else "text_completion",
+                        "created": int(time.time()),
+                        "model": body.get("model", "scripted"),
+                        "choices": [choice],
+                        "usage": usage,
+                    },
+                )
 
             def _json(self, status: int, payload: dict, headers: dict | None = None) -> None:
                 self._raw(status, json.dumps(payload).encode(), headers)

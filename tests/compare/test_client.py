@@ -20,8 +20,13 @@ from thinkflow.compare.client import (
 KEY = "sk-thinkflow-test-KEY-7f3a9c"
 ANSWERS = {f"What is {i} plus {i}?": str(2 * i) for i in range(40)}
 FAULTS = [None, "429", None, None, "500", None, None, "slow", None, None, "malformed", None, None, "drop", None, None]
-FAST = {"backoff_base_s": 0.02, "backoff_max_s": 0.2, "max_retries": 12, "requests_per_minute": None,
-        "tokens_per_minute": None}  # fmt: skip
+FAST = {
+    "backoff_base_s": 0.02,
+    "backoff_max_s": 0.2,
+    "max_retries": 12,
+    "requests_per_minute": None,
+    "tokens_per_minute": None,
+}
 
 
 @pytest.fixture(autouse=True)

@@ -47,15 +47,28 @@ def scripted(rows: dict[str, dict]):
 
 def test_api_contestant_on_math500_by_level_and_subject(tmp_path, math500_rows, monkeypatch):
     monkeypatch.setenv("THINKFLOW_TEST_KEY", KEY)
-    api = {"kind": "openai", "model": "scripted", "api_key_env": "THINKFLOW_TEST_KEY", "prompt": "chat",
-           "usd_per_mtok_in": 2.0, "usd_per_mtok_out": 8.0}  # fmt: skip
-    with ScriptedOpenAIServer(api_key=KEY, usd_per_mtok_in=2.0, usd_per_mtok_out=8.0,
-                              respond=scripted(math500_rows)) as server:  # fmt: skip
+    api = {
+        "kind": "openai",
+        "model": "scripted",
+        "api_key_env": "THINKFLOW_TEST_KEY",
+        "prompt": "chat",
+        "usd_per_mtok_in": 2.0,
+        "usd_per_mtok_out": 8.0,
+    }
+    with ScriptedOpenAIServer(
+        api_key=KEY, usd_per_mtok_in=2.0, usd_per_mtok_out=8.0, respond=scripted(math500_rows)
+    ) as server:
         config = compose(
-            ["experiment=math500_open_vs_frontier", f"task.source={MATH500_DIR}", f"task.n_test={N}",
-             "compare.ks=[1,2]", "compare.api.requests_per_minute=null"],
-            root=tmp_path, tiny=False,
-        )  # fmt: skip
+            [
+                "experiment=math500_open_vs_frontier",
+                f"task.source={MATH500_DIR}",
+                f"task.n_test={N}",
+                "compare.ks=[1,2]",
+                "compare.api.requests_per_minute=null",
+            ],
+            root=tmp_path,
+            tiny=False,
+        )
         config["compare"]["contestants"] = {"frontier": api | {"base_url": server.base_url}}
         result = run_stage("compare", config, start_pipeline_run(config, None), {}, None)
         chats = [c for c in server.requests if "messages" in c]

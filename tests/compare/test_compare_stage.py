@@ -31,14 +31,32 @@ def _answers(gsm8k_dir: Path, n: int) -> dict[str, str]:
 
 
 def _api(url: str, key_env: str = "THINKFLOW_TEST_KEY", **extra) -> dict:
-    return {"kind": "openai", "base_url": url, "model": "scripted", "api_key_env": key_env, "prompt": "chat",
-            "usd_per_mtok_in": 2.0, "usd_per_mtok_out": 8.0, "n_params": 100_000_000_000} | extra  # fmt: skip
+    return {
+        "kind": "openai",
+        "base_url": url,
+        "model": "scripted",
+        "api_key_env": key_env,
+        "prompt": "chat",
+        "usd_per_mtok_in": 2.0,
+        "usd_per_mtok_out": 8.0,
+        "n_params": 100_000_000_000,
+    } | extra
 
 
 def _config(tmp_path: Path, gsm8k_dir: Path, contestants: dict, overrides: list[str] = ()) -> dict:
-    config = compose(["task=gsm8k", f"task.source={gsm8k_dir}", f"task.n_test={N}", "compare.ks=[1,2,4]",
-                      "compare.api.backoff_base_s=0.05", "compare.api.backoff_max_s=0.5",
-                      "compare.api.requests_per_minute=null", *overrides], root=tmp_path)  # fmt: skip
+    config = compose(
+        [
+            "task=gsm8k",
+            f"task.source={gsm8k_dir}",
+            f"task.n_test={N}",
+            "compare.ks=[1,2,4]",
+            "compare.api.backoff_base_s=0.05",
+            "compare.api.backoff_max_s=0.5",
+            "compare.api.requests_per_minute=null",
+            *overrides,
+        ],
+        root=tmp_path,
+    )
     config["compare"]["contestants"] = contestants
     return _only_compare(config)
 
@@ -66,8 +84,14 @@ def test_compare_flow_runs_every_contestant_alike_and_never_leaks_the_key(
     monkeypatch.setenv("THINKFLOW_TEST_KEY", KEY)
     monkeypatch.delenv("THINKFLOW_UNSET_KEY", raising=False)
     answers = _answers(gsm8k_dir, N)
-    with ScriptedOpenAIServer(answers, accuracy=0.75, api_key=KEY, usd_per_mtok_in=2.0, usd_per_mtok_out=8.0,
-                              faults=[None, None, "429", None, None, "500", None]) as server:  # fmt: skip
+    with ScriptedOpenAIServer(
+        answers,
+        accuracy=0.75,
+        api_key=KEY,
+        usd_per_mtok_in=2.0,
+        usd_per_mtok_out=8.0,
+        faults=[None, None, "429", None, None, "500", None],
+    ) as server:
         contestants = {
             "frontier": _api(server.base_url),
             "nokey": _api(server.base_url, key_env="THINKFLOW_UNSET_KEY"),
@@ -77,7 +101,7 @@ def test_compare_flow_runs_every_contestant_alike_and_never_leaks_the_key(
                 "prompt": "fewshot",
                 "fewshot": 1,
                 "max_new_tokens": 12,
-            },  # fmt: skip
+            },
         }
         result = pipeline(_config(tmp_path, gsm8k_dir, contestants))
     out = result["compare"].details["contestants"]
@@ -93,8 +117,16 @@ def test_compare_flow_runs_every_contestant_alike_and_never_leaks_the_key(
         assert [m.step for m in client.get_metric_history(run.info.run_id, "compare/maj_at_k")] == [1, 2, 4]
         assert [m.step for m in client.get_metric_history(run.info.run_id, "compare/pass_at_k")] == [1, 2, 4]
     keys = {n: set(r.data.metrics) for n, r in per.items()}
-    shared = {"compare/acc_greedy", "compare/maj_at_k", "compare/pass_at_k", "compare/cost_usd", "compare/tokens_out",
-              "compare/flops", "compare/usd_per_problem_at_k", "compare/flops_per_problem_at_k"}  # fmt: skip
+    shared = {
+        "compare/acc_greedy",
+        "compare/maj_at_k",
+        "compare/pass_at_k",
+        "compare/cost_usd",
+        "compare/tokens_out",
+        "compare/flops",
+        "compare/usd_per_problem_at_k",
+        "compare/flops_per_problem_at_k",
+    }
     assert shared <= keys["frontier"] and shared <= keys["local"]
 
     # the frontier's greedy accuracy is exactly what the scripted server answered right, scored by the task
@@ -141,8 +173,12 @@ def test_spend_cap_keeps_the_partial_results(tmp_path, gsm8k_dir, monkeypatch):
     answers = _answers(gsm8k_dir, N)
     prices = {"usd_per_mtok_in": 2000.0, "usd_per_mtok_out": 8000.0}  # ~ $0.1-0.9 a call: the cap binds
     with ScriptedOpenAIServer(answers, api_key=KEY, usd_per_mtok_in=2000.0, usd_per_mtok_out=8000.0) as server:
-        config = _config(tmp_path, gsm8k_dir, {"frontier": _api(server.base_url, **prices)},
-                         ["compare.api.spend_cap_usd=12", "compare.api.concurrency=2"])  # fmt: skip
+        config = _config(
+            tmp_path,
+            gsm8k_dir,
+            {"frontier": _api(server.base_url, **prices)},
+            ["compare.api.spend_cap_usd=12", "compare.api.concurrency=2"],
+        )
         result = run_stage("compare", config, start_pipeline_run(config, None), {}, None)
     s = result.details["contestants"]["frontier"]
     assert s["status"] == "partial" and "spend cap" in s["note"]
@@ -168,8 +204,10 @@ def test_thinkflow_contestant_from_an_earlier_pipeline_run(tmp_path, gsm8k_dir):
     assert s["status"] == "ok", s
     assert Path(s["model"]).name == "checkpoint" and (Path(s["model"]) / "config.json").exists()
 
-    config["compare"]["contestants"] = {"none": spec | {"run_filter": "params.`model.d_model` = '4096'"},
-                                       "no_rl": spec | {"stage": "rl"}}  # fmt: skip
+    config["compare"]["contestants"] = {
+        "none": spec | {"run_filter": "params.`model.d_model` = '4096'"},
+        "no_rl": spec | {"stage": "rl"},
+    }
     result = run_stage("compare", config, start_pipeline_run(config, None), {}, None).details["contestants"]
     assert result["none"]["status"] == "failed" and "no finished pipeline run matches" in result["none"]["note"]
     assert result["no_rl"]["status"] == "failed" and "has no rl stage run" in result["no_rl"]["note"]
@@ -220,11 +258,23 @@ def test_killed_stage_resumes_from_the_cache_without_paying_twice(tmp_path, gsm8
     env = os.environ | {"THINKFLOW_TEST_KEY": KEY, "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
     with ScriptedOpenAIServer(answers, api_key=KEY, latency_s=0.25) as server:
         api = json.dumps(_api(server.base_url)).replace('"', "")
-        cmd = [sys.executable, str(ROOT / "flows" / "pipeline.py"), f"paths.root={tmp_path}",
-               "~pretrain", "~rl", "~ttc", "~compare.contestants.pretrain", "~compare.contestants.rl",
-               "task=gsm8k", f"task.source={gsm8k_dir}", f"task.n_test={N}", "compare.ks=[1,2,4]",
-               "compare.api.concurrency=3", "compare.api.requests_per_minute=null",
-               f"+compare.contestants.frontier={api}"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            str(ROOT / "flows" / "pipeline.py"),
+            f"paths.root={tmp_path}",
+            "~pretrain",
+            "~rl",
+            "~ttc",
+            "~compare.contestants.pretrain",
+            "~compare.contestants.rl",
+            "task=gsm8k",
+            f"task.source={gsm8k_dir}",
+            f"task.n_test={N}",
+            "compare.ks=[1,2,4]",
+            "compare.api.concurrency=3",
+            "compare.api.requests_per_minute=null",
+            f"+compare.contestants.frontier={api}",
+        ]
         # its own process group: the kill takes its temporary Prefect server too
         proc = subprocess.Popen(
             cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True

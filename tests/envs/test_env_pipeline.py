@@ -28,8 +28,16 @@ def _artifact(client, run_id: str, path: str) -> str:
 
 
 def _api(url: str, **extra) -> dict:
-    return {"kind": "openai", "base_url": url, "model": "scripted", "api_key_env": "THINKFLOW_ENV_KEY", "prompt": "chat",
-            "usd_per_mtok_in": 1.0, "usd_per_mtok_out": 4.0, "n_params": 10**11} | extra  # fmt: skip
+    return {
+        "kind": "openai",
+        "base_url": url,
+        "model": "scripted",
+        "api_key_env": "THINKFLOW_ENV_KEY",
+        "prompt": "chat",
+        "usd_per_mtok_in": 1.0,
+        "usd_per_mtok_out": 4.0,
+        "n_params": 10**11,
+    } | extra
 
 
 def calculator_user(prompt: str, seed: int, temperature: float) -> str:
@@ -47,18 +55,35 @@ def test_calc_pipeline_runs_episodes_in_every_stage(tmp_path, prefect_server, mo
 
     monkeypatch.setenv("THINKFLOW_ENV_KEY", KEY)
     with ScriptedOpenAIServer(respond=calculator_user, api_key=KEY) as server:
-        config = compose(["task=calc", "task.difficulty=2", "task.n_test=8", "model.max_seq_len=64",
-                          "rl.max_new_tokens=20", "ttc.max_new_tokens=20", "compare.max_new_tokens=20",
-                          "compare.ks=[1,2]", "profile.measure_model=false", "pretrain.max_steps=30"],
-                         root=tmp_path)  # fmt: skip
+        config = compose(
+            [
+                "task=calc",
+                "task.difficulty=2",
+                "task.n_test=8",
+                "model.max_seq_len=64",
+                "rl.max_new_tokens=20",
+                "ttc.max_new_tokens=20",
+                "compare.max_new_tokens=20",
+                "compare.ks=[1,2]",
+                "profile.measure_model=false",
+                "pretrain.max_steps=30",
+            ],
+            root=tmp_path,
+        )
         config["compare"]["contestants"]["frontier"] = _api(server.base_url)
         result = pipeline(config)
     client, runs = _runs(tmp_path)
     by_stage = {r.data.tags.get("stage"): r for r in runs if "contestant" not in r.data.tags}
 
     rl = by_stage["rl"]
-    for key in ("env/turns", "env/tool_calls_per_episode", "env/invalid_action_rate", "env/step_seconds",
-                "env/sandbox_violations", "env/well_formed_call_frac"):  # fmt: skip
+    for key in (
+        "env/turns",
+        "env/tool_calls_per_episode",
+        "env/invalid_action_rate",
+        "env/step_seconds",
+        "env/sandbox_violations",
+        "env/well_formed_call_frac",
+    ):
         history = client.get_metric_history(rl.info.run_id, key)
         assert len(history) == config["rl"]["max_steps"], key  # one value per RL step
     assert client.get_metric_history(rl.info.run_id, "env/turns")[0].value >= 1
@@ -100,16 +125,31 @@ def test_code_env_in_compare_scores_api_models_in_the_sandbox(tmp_path, monkeypa
     from thinkflow.runner import run_stage, start_pipeline_run
 
     monkeypatch.setenv("THINKFLOW_ENV_KEY", KEY)
-    with ScriptedOpenAIServer(respond=programmer, api_key=KEY) as good, \
-            ScriptedOpenAIServer(respond=saboteur, api_key=KEY) as bad:  # fmt: skip
-        config = compose(["task=code", "task.n_test=6", "compare.ks=[1,2,4]", "compare.max_new_tokens=64",
-                          "task.env.sandbox.cpu_s=1", "task.env.sandbox.wall_s=3"], root=tmp_path)  # fmt: skip
+    with (
+        ScriptedOpenAIServer(respond=programmer, api_key=KEY) as good,
+        ScriptedOpenAIServer(respond=saboteur, api_key=KEY) as bad,
+    ):
+        config = compose(
+            [
+                "task=code",
+                "task.n_test=6",
+                "compare.ks=[1,2,4]",
+                "compare.max_new_tokens=64",
+                "task.env.sandbox.cpu_s=1",
+                "task.env.sandbox.wall_s=3",
+            ],
+            root=tmp_path,
+        )
         config |= {"pretrain": None, "rl": None, "ttc": None}
-        model, tok = build_model_and_tokenizer(dict(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, d_ff=64,
-                                                    max_seq_len=128), seed=0)  # fmt: skip
+        model, tok = build_model_and_tokenizer(
+            dict(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, d_ff=64, max_seq_len=128), seed=0
+        )
         local = {"kind": "hf", "model": str(save_hf(model, tok, tmp_path / "local")), "prompt": "plain"}
-        config["compare"]["contestants"] = {"programmer": _api(good.base_url), "saboteur": _api(bad.base_url),
-                                            "local": local}  # fmt: skip
+        config["compare"]["contestants"] = {
+            "programmer": _api(good.base_url),
+            "saboteur": _api(bad.base_url),
+            "local": local,
+        }
         result = run_stage("compare", config, start_pipeline_run(config, None), {}, None)
     out = result.details["contestants"]
     assert out["programmer"]["status"] == "ok" and out["saboteur"]["status"] == "ok" and out["local"]["status"] == "ok"

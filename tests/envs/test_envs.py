@@ -69,11 +69,16 @@ def test_calculator_is_exact_and_bounded():
     assert calculate("(1+2)*3-4") == "5"
     assert calculate("7/2") == "7/2" and calculate("-3*2") == "-6"
     for bad, why in [
-        ("2**10", "unexpected token"), ("__import__('os')", "unexpected character"), ("1" * 13, "more than 12 digits"),
-        ("+".join(["1"] * 20), "more than 16 operators"), ("(" * 5 + "1" + ")" * 5, "nested deeper"),
-        ("*".join(["999999999999"] * 4), "exceeds 40 digits"), ("", "empty"), ("1/0", "division by zero"),
+        ("2**10", "unexpected token"),
+        ("__import__('os')", "unexpected character"),
+        ("1" * 13, "more than 12 digits"),
+        ("+".join(["1"] * 20), "more than 16 operators"),
+        ("(" * 5 + "1" + ")" * 5, "nested deeper"),
+        ("*".join(["999999999999"] * 4), "exceeds 40 digits"),
+        ("", "empty"),
+        ("1/0", "division by zero"),
         ("(1+2", "unbalanced"),
-    ]:  # fmt: skip
+    ]:
         with pytest.raises(ExprError, match=why):
             calculate(bad)
 
@@ -181,7 +186,8 @@ def test_malformed_tool_calls_are_counted_and_never_raise_in_the_learner():
     task = ToolArithmetic(3)
     _, problems = task.splits(0, 4, seed=1)
     garbled = with_env(ProtocolFollower(task, garble=True), task, problems).generate(
-        [p.prompt for p in problems], SamplingParams(max_new_tokens=30))  # fmt: skip
+        [p.prompt for p in problems], SamplingParams(max_new_tokens=30)
+    )
     s = garbled[0][0]
     assert s.env["invalid_actions"] >= 1 and "{error: " in s.text and s.env["reward"] == 0.0
     assert s.env["end"] == "budget"  # the garbling policy never answers: its token budget ends the episode

@@ -14,8 +14,13 @@ from tests.conftest import ROOT
 def _run(tmp_path, *args: str) -> tuple[int, str]:
     """Exit status and output of the pipeline CLI, which must end well before the ~20 s a Prefect server takes."""
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "flows/pipeline.py", *args, f"paths.root={tmp_path}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "flows/pipeline.py", *args, f"paths.root={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = proc.stdout + proc.stderr
     assert time.monotonic() - t0 < 30, out[-3000:]  # a few seconds of imports; a Prefect server is ~20 s more
     assert "Starting temporary server" not in out and "Traceback" not in out, out[-3000:]

@@ -20,8 +20,18 @@ from thinkflow.caching import REUSED_TAG
 
 
 def _pipeline(tmp_path, *overrides: str) -> tuple[list[str], dict]:
-    cmd = [sys.executable, str(ROOT / "flows" / "pipeline.py"), "experiment=tiny", f"paths.root={tmp_path}",
-           "~rl", "~ttc", "~compare", "pretrain.eval_every=5000", "pretrain.log_every=5", *overrides]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "flows" / "pipeline.py"),
+        "experiment=tiny",
+        f"paths.root={tmp_path}",
+        "~rl",
+        "~ttc",
+        "~compare",
+        "pretrain.eval_every=5000",
+        "pretrain.log_every=5",
+        *overrides,
+    ]
     env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
     return cmd, env
 
@@ -50,8 +60,9 @@ def test_kill_9_mid_pretraining_takes_the_prefect_server_along_and_the_next_star
     cmd, env = _pipeline(tmp_path, "pretrain.max_steps=160", "pretrain.ckpt_every=20")
     log = tmp_path / "first.log"
     with open(log, "w") as out:
-        first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
-                                 start_new_session=True)  # fmt: skip
+        first = subprocess.Popen(
+            cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     _wait_for_fresh_checkpoint(tmp_path, first, log)
     helpers = psutil.Process(first.pid).children()
     server = [p for p in helpers if "uvicorn" in p.cmdline()]

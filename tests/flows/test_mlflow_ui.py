@@ -51,9 +51,24 @@ def test_compare_view_shows_both_runs_stage_metrics(tmp_path):
 
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            store,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000"):
@@ -71,8 +86,10 @@ def test_compare_view_shows_both_runs_stage_metrics(tmp_path):
             time.sleep(1)
         driver = webdriver.Chrome(service=Service(DRIVER), options=options)
         # the view a user reaches by ticking both runs in the runs table and pressing "Compare"
-        url = (f"http://127.0.0.1:{port}/#/compare-runs?runs={quote(json.dumps(runs))}"
-               f"&experiments={quote(json.dumps([exp]))}")  # fmt: skip
+        url = (
+            f"http://127.0.0.1:{port}/#/compare-runs?runs={quote(json.dumps(runs))}"
+            f"&experiments={quote(json.dumps([exp]))}"
+        )
         driver.get(url)
         wanted = ["train/loss", "pretrain/val_acc", *runs]  # metric names in the Metrics table, both run ids
         seen: list[str] = []

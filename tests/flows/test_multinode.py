@@ -51,8 +51,24 @@ def sshd(tmp_path, monkeypatch):
     proc = subprocess.Popen([sshd_bin, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")])
     monkeypatch.setenv("PDSH_SSH_ARGS_APPEND", f"-i {d / 'user'} {SSH_OPTS}")
     deadline = time.time() + 30
-    while subprocess.run(["ssh", "-o", "BatchMode=yes", "-p", str(port), "-i", str(d / "user"), *SSH_OPTS.split(),
-                          "127.0.0.1", "true"], capture_output=True).returncode != 0:  # fmt: skip
+    while (
+        subprocess.run(
+            [
+                "ssh",
+                "-o",
+                "BatchMode=yes",
+                "-p",
+                str(port),
+                "-i",
+                str(d / "user"),
+                *SSH_OPTS.split(),
+                "127.0.0.1",
+                "true",
+            ],
+            capture_output=True,
+        ).returncode
+        != 0
+    ):
         if time.time() > deadline or proc.poll() is not None:
             proc.kill()
             pytest.fail(f"sshd did not come up: {(d / 'sshd.log').read_text(errors='replace')[-2000:]}")
@@ -63,8 +79,15 @@ def sshd(tmp_path, monkeypatch):
 
 
 def _two_node_overrides(hostfile: Path, port: int) -> list[str]:
-    return ["trainer=cpu_zero2", "trainer.devices=1", "trainer.num_nodes=2", "trainer.launcher=deepspeed",
-            f"trainer.hostfile={hostfile}", f"trainer.ssh_port={port}", "trainer.progress_bar=false"]  # fmt: skip
+    return [
+        "trainer=cpu_zero2",
+        "trainer.devices=1",
+        "trainer.num_nodes=2",
+        "trainer.launcher=deepspeed",
+        f"trainer.hostfile={hostfile}",
+        f"trainer.ssh_port={port}",
+        "trainer.progress_bar=false",
+    ]
 
 
 @pytest.mark.slow
@@ -97,9 +120,17 @@ def test_sigterm_during_a_two_node_stage_ends_every_rank_on_every_node(tmp_path,
     agent or rank is left on either host (each has the stage's work dir on its command line)."""
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
-    cmd, env = pipeline_command(tmp_path, *_two_node_overrides(hostfile, sshd), "~rl", "~ttc", "~compare",
-                                "pretrain.max_steps=3000", "pretrain.ckpt_every=5000", "pretrain.eval_every=5000",
-                                "pretrain.log_every=5")  # fmt: skip
+    cmd, env = pipeline_command(
+        tmp_path,
+        *_two_node_overrides(hostfile, sshd),
+        "~rl",
+        "~ttc",
+        "~compare",
+        "pretrain.max_steps=3000",
+        "pretrain.ckpt_every=5000",
+        "pretrain.eval_every=5000",
+        "pretrain.log_every=5",
+    )
     log = tmp_path / "first.log"
     first = start(cmd, env, log)
     tree = signal_once_logged(tmp_path, first, log, "pretrain", "train/loss")

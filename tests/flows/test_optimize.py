@@ -24,10 +24,13 @@ def test_optuna_trials_are_pipeline_runs_and_pretraining_is_reused(tmp_path, pre
     lrs = {r.data.params["rl.lr"] for r in trials}
     assert len(lrs) == 3  # the sampler proposed different learning rates
     # pretraining ran once: trials 1 and 2 reused trial 0's pretrain stage
-    reused = [client.search_runs([exp], f"tags.mlflow.parentRunId = '{r.info.run_id}' and tags.stage = 'pretrain'")[0]
-              for r in trials[1:]]  # fmt: skip
-    first_pretrain = client.search_runs([exp], f"tags.mlflow.parentRunId = '{trials[0].info.run_id}' and "
-                                               "tags.stage = 'pretrain'")[0]  # fmt: skip
+    reused = [
+        client.search_runs([exp], f"tags.mlflow.parentRunId = '{r.info.run_id}' and tags.stage = 'pretrain'")[0]
+        for r in trials[1:]
+    ]
+    first_pretrain = client.search_runs(
+        [exp], f"tags.mlflow.parentRunId = '{trials[0].info.run_id}' and tags.stage = 'pretrain'"
+    )[0]
     assert all(r.data.tags.get("thinkflow.reused_from") == first_pretrain.info.run_id for r in reused)
     summary = client.get_run(out["run_id"])
     assert summary.data.metrics["optuna/best_val_pass_at_1"] == pytest.approx(max(values))
@@ -36,9 +39,14 @@ def test_optuna_trials_are_pipeline_runs_and_pretraining_is_reused(tmp_path, pre
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("rl.lr=log:0:1", "low > 0"), ("rl.lr=uniform:1:2", "unknown kind"), ("rl.group_size=choice:4", "two choices"),
-     ("rl.lr", "expected key=kind:args"), ("rl.lr=float:2:1", "low < high")],
-)  # fmt: skip
+    [
+        ("rl.lr=log:0:1", "low > 0"),
+        ("rl.lr=uniform:1:2", "unknown kind"),
+        ("rl.group_size=choice:4", "two choices"),
+        ("rl.lr", "expected key=kind:args"),
+        ("rl.lr=float:2:1", "low < high"),
+    ],
+)
 def test_bad_search_space_is_named(spec, message):
     with pytest.raises(ConfigError, match=message) as err:
         parse_space([spec])

@@ -61,17 +61,18 @@ def test_pipeline_parent_and_stage_runs(tmp_path, prefect_server):
     assert sum(v for k, v in pm.items() if k.startswith("profile/share/")) == pytest.approx(1.0)
     assert pm["profile/decode_b64/tokens_per_s"] > pm["profile/decode_b1/tokens_per_s"]
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "profile")} == {
-        f"profile/{f}" for f in ("profile.md", "profile.csv", "compute_share.png", "roofline.png",
-                                 "roofline_points.csv")}  # fmt: skip
+        f"profile/{f}"
+        for f in ("profile.md", "profile.csv", "compute_share.png", "roofline.png", "roofline_points.csv")
+    }
 
-    # the ttc_eval summary table is a Prefect markdown artifact of the flow run
+    # the ttc summary table is a Prefect markdown artifact of the flow run
     from prefect.artifacts import Artifact
 
-    artifact = Artifact.get("ttc-eval-summary")
+    artifact = Artifact.get("ttc-summary")
     assert artifact is not None and str(artifact.flow_run_id) == flow_run_id
     assert "held-out problems x 8 samples" in artifact.data and result["ttc"].summary_md is None
     assert "Share of FLOPs: pretraining" in Artifact.get("compute-profile").data
-    assert {"ttc_eval/pass_at_1", "rl/val_pass_at_1", "pretrain/val_acc"} <= set(parent.data.metrics)
+    assert {"ttc/pass_at_1", "rl/val_pass_at_1", "pretrain/val_acc"} <= set(parent.data.metrics)
 
     # The full resolved config: flattened params on the parent, an artifact too.
     assert parent.data.params["pretrain.max_steps"] == "20"
@@ -109,9 +110,22 @@ def test_rl_stage_logs_learns_from_and_exports_a_checkpoint(tmp_path, prefect_se
     client, runs = _runs(tmp_path)
     rl = next(r for r in runs if r.data.tags.get("stage") == "rl")
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    keys = ("rl/reward_mean", "rl/reward_std", "rl/frac_zero_std", "rl/kl", "rl/entropy", "rl/clip_frac",
-            "rl/response_len", "rl/loss", "perf/rollout_tokens_per_s", "perf/learner_tokens_per_s",
-            "rl/val_acc", "rl/val_pass_at_1", "guard/reward_collapse", "guard/length_collapse")  # fmt: skip
+    keys = (
+        "rl/reward_mean",
+        "rl/reward_std",
+        "rl/frac_zero_std",
+        "rl/kl",
+        "rl/entropy",
+        "rl/clip_frac",
+        "rl/response_len",
+        "rl/loss",
+        "perf/rollout_tokens_per_s",
+        "perf/learner_tokens_per_s",
+        "rl/val_acc",
+        "rl/val_pass_at_1",
+        "guard/reward_collapse",
+        "guard/length_collapse",
+    )
     for key in keys:
         assert key in rl.data.metrics, key
     assert [m.step for m in client.get_metric_history(rl.info.run_id, "rl/reward_mean")] == [1, 2, 3, 4]
@@ -137,10 +151,21 @@ def test_rl_stage_logs_learns_from_and_exports_a_checkpoint(tmp_path, prefect_se
 @pytest.mark.slow
 def test_cli_sweep_runs_one_pipeline_per_job(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "flows/pipeline.py", "-m", f"paths.root={tmp_path}", "experiment=tiny",
-         "pretrain.max_steps=10,20", "pretrain.eval_every=10", "trainer.progress_bar=false"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "flows/pipeline.py",
+            "-m",
+            f"paths.root={tmp_path}",
+            "experiment=tiny",
+            "pretrain.max_steps=10,20",
+            "pretrain.eval_every=10",
+            "trainer.progress_bar=false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, runs = _runs(tmp_path)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -163,8 +188,13 @@ def test_cli_sweep_runs_one_pipeline_per_job(tmp_path):
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlruns/mlflow.db" in proc.stdout
     assert "prefect flow-run inspect" in proc.stdout
     # third-party noise that tells a user nothing is gone (thinkflow.quiet); Lightning's own lines stay
-    noise = ("litlogger", "Writing model shards", "Loading weights", "isinstance(treespec, LeafSpec)",
-             "Setting accelerator to CPU")  # fmt: skip
+    noise = (
+        "litlogger",
+        "Writing model shards",
+        "Loading weights",
+        "isinstance(treespec, LeafSpec)",
+        "Setting accelerator to CPU",
+    )
     assert not [n for n in noise if n in proc.stdout + proc.stderr]
     # the jobs' accuracy-vs-inference-FLOPs curves and their models' measured decode speed, as plots
     plots = {a.path for a in client.list_artifacts(summary[0].info.run_id, "sweep")}

@@ -26,8 +26,9 @@ def _wait(predicate, timeout: float, what: str, proc=None):
 
 
 def _prefect(env, *args, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "prefect", *args], env=env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefect", *args], env=env, capture_output=True, text=True, timeout=120
+    )
     assert not check or proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc
 
@@ -42,12 +43,25 @@ def _flow_run_state(env, flow_run_id: str) -> str:
 def test_served_deployment_has_its_schedule_and_a_triggered_run_completes(tmp_path, prefect_server_process):
     env = prefect_server_process | {"PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
     overrides = ["experiment=tiny", f"paths.root={tmp_path}", "~compare", "trainer.progress_bar=false"]
-    serve = subprocess.Popen([sys.executable, str(ROOT / "flows" / "serve.py"), "--", *overrides], env=env,
-                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    serve = subprocess.Popen(
+        [sys.executable, str(ROOT / "flows" / "serve.py"), "--", *overrides],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         name = "scheduled-pipeline/thinkflow-nightly"
-        found = _wait(lambda: _prefect(env, "deployment", "inspect", name, check=False).returncode == 0 and
-                      _prefect(env, "deployment", "inspect", name).stdout, 120, "the served deployment", serve)  # fmt: skip
+        found = _wait(
+            lambda: (
+                _prefect(env, "deployment", "inspect", name, check=False).returncode == 0
+                and _prefect(env, "deployment", "inspect", name).stdout
+            ),
+            120,
+            "the served deployment",
+            serve,
+        )
         assert "0 2 * * *" in found  # the nightly cron schedule is registered
         assert "experiment=tiny" in found  # with the Hydra overrides as its parameters
 

@@ -39,13 +39,37 @@ def postgres():
     data, port = base / "data", free_port()
     init = _as_postgres([f"{PG_BIN}/initdb", "-D", str(data), "-U", "thinkflow", "-A", "trust"])
     assert init.returncode == 0, init.stderr
-    start = _as_postgres([f"{PG_BIN}/pg_ctl", "-D", str(data), "-w", "-l", str(base / "pg.log"), "-o",
-                          f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"])  # fmt: skip
+    start = _as_postgres(
+        [
+            f"{PG_BIN}/pg_ctl",
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(base / "pg.log"),
+            "-o",
+            f"-p {port} -k {base} -c listen_addresses=127.0.0.1",
+            "start",
+        ]
+    )
     assert start.returncode == 0, start.stderr + start.stdout
     try:
         for db in ("prefect", "mlflow"):
-            made = _as_postgres(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "thinkflow", "-d", "postgres",
-                                 "-c", f"CREATE DATABASE {db}"])  # fmt: skip
+            made = _as_postgres(
+                [
+                    "psql",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "-U",
+                    "thinkflow",
+                    "-d",
+                    "postgres",
+                    "-c",
+                    f"CREATE DATABASE {db}",
+                ]
+            )
             assert made.returncode == 0, made.stderr
         yield port
     finally:
@@ -60,23 +84,59 @@ def test_pipeline_on_postgres_backed_prefect_and_mlflow_servers(tmp_path, postgr
     base_env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(tmp_path / "prefect")}
     prefect_env = base_env | {"PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{pg}/prefect"}
     servers = [
-        subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                          str(prefect_port)], env=prefect_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True),
-        subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                          "--workers", "1", "--backend-store-uri", f"postgresql+psycopg2://{pg}/mlflow",
-                          "--artifacts-destination", str(tmp_path / "mlartifacts")], env=base_env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
-    ]  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+            env=prefect_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"postgresql+psycopg2://{pg}/mlflow",
+                "--artifacts-destination",
+                str(tmp_path / "mlartifacts"),
+            ],
+            env=base_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ),
+    ]
     try:
         wait_http(f"http://127.0.0.1:{prefect_port}/api/health", servers[0], "prefect server")
         wait_http(f"http://127.0.0.1:{mlflow_port}/health", servers[1], "mlflow server")
-        env = base_env | {"PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
-                          "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
-                          "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}  # fmt: skip
-        run = subprocess.run([sys.executable, str(ROOT / "flows" / "pipeline.py"), "experiment=tiny",
-                              f"paths.root={tmp_path}", "~compare", "trainer.progress_bar=false"], env=env,
-                             cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+        env = base_env | {
+            "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+            "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}",
+        }
+        run = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "flows" / "pipeline.py"),
+                "experiment=tiny",
+                f"paths.root={tmp_path}",
+                "~compare",
+                "trainer.progress_bar=false",
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
         # the runs are in the PostgreSQL-backed MLflow server (and no local store was made)
@@ -85,20 +145,53 @@ def test_pipeline_on_postgres_backed_prefect_and_mlflow_servers(tmp_path, postgr
         stages = sorted(r.data.tags.get("stage", "") for r in runs)
         assert stages == ["", "pretrain", "rl", "ttc"] and all(r.info.status == "FINISHED" for r in runs)
         assert not (tmp_path / "mlruns" / "mlflow.db").exists()
-        count = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(postgres), "-U", "thinkflow", "-d", "mlflow",
-                                "-tAc", "SELECT count(*) FROM runs"], capture_output=True, text=True)  # fmt: skip
+        count = subprocess.run(
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(postgres),
+                "-U",
+                "thinkflow",
+                "-d",
+                "mlflow",
+                "-tAc",
+                "SELECT count(*) FROM runs",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert count.stdout.strip() == "4", count.stderr
-        ckpt = [a.path for a in client.list_artifacts(next(r for r in runs if r.data.tags.get("stage") == "rl")
-                                                      .info.run_id, "checkpoint")]  # fmt: skip
+        ckpt = [
+            a.path
+            for a in client.list_artifacts(
+                next(r for r in runs if r.data.tags.get("stage") == "rl").info.run_id, "checkpoint"
+            )
+        ]
         assert "checkpoint/model.safetensors" in ckpt  # artifacts went through the server to its store
 
         # the flow run is in the PostgreSQL-backed Prefect server, linked from the MLflow parent run
         flow_run_id = next(r for r in runs if "stage" not in r.data.tags).data.tags["prefect.flow_run_id"]
         flow_run = httpx.get(f"http://127.0.0.1:{prefect_port}/api/flow_runs/{flow_run_id}", timeout=10).json()
         assert flow_run["state"]["type"] == "COMPLETED"
-        prefect_rows = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(postgres), "-U", "thinkflow", "-d",
-                                       "prefect", "-tAc", f"SELECT count(*) FROM flow_run WHERE id = '{flow_run_id}'"],
-                                      capture_output=True, text=True)  # fmt: skip
+        prefect_rows = subprocess.run(
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(postgres),
+                "-U",
+                "thinkflow",
+                "-d",
+                "prefect",
+                "-tAc",
+                f"SELECT count(*) FROM flow_run WHERE id = '{flow_run_id}'",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert prefect_rows.stdout.strip() == "1", prefect_rows.stderr
     finally:
         for s in servers:
@@ -110,12 +203,14 @@ def test_servers_that_are_down_stop_the_run_before_any_compute(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     env = os.environ | {"PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
     cmd = [sys.executable, str(ROOT / "flows" / "pipeline.py"), "experiment=tiny", f"paths.root={tmp_path}"]
-    prefect_down = subprocess.run(cmd, env=env | {"PREFECT_API_URL": f"{dead}/api"}, capture_output=True, text=True,
-                                  timeout=120)  # fmt: skip
+    prefect_down = subprocess.run(
+        cmd, env=env | {"PREFECT_API_URL": f"{dead}/api"}, capture_output=True, text=True, timeout=120
+    )
     assert prefect_down.returncode != 0
     assert "is not answering" in prefect_down.stderr and "prefect server start" in prefect_down.stderr
-    mlflow_down = subprocess.run(cmd, env=env | {"MLFLOW_TRACKING_URI": dead}, capture_output=True, text=True,
-                                 timeout=300)  # fmt: skip
+    mlflow_down = subprocess.run(
+        cmd, env=env | {"MLFLOW_TRACKING_URI": dead}, capture_output=True, text=True, timeout=300
+    )
     assert mlflow_down.returncode != 0
     assert f"MLflow tracking server at {dead} is not answering" in mlflow_down.stdout + mlflow_down.stderr
     assert not (tmp_path / "mlruns" / "work").exists()  # nothing was computed
@@ -130,8 +225,11 @@ def test_compose_file_is_valid_and_its_variables_are_documented():
     import re
 
     used = set(re.findall(r"\$\{(\w+)", text))
-    documented = {line.split("=")[0] for line in (ROOT / "docker" / ".env.example").read_text().splitlines()
-                  if "=" in line and not line.startswith("#")}  # fmt: skip
+    documented = {
+        line.split("=")[0]
+        for line in (ROOT / "docker" / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    }
     assert used <= documented, used - documented
     for dockerfile in ("Dockerfile", "Dockerfile.cuda"):
         for line in (ROOT / "docker" / dockerfile).read_text().splitlines():
@@ -143,10 +241,27 @@ def test_compose_file_is_valid_and_its_variables_are_documented():
 
 def _mlflow_server(store: str, artifacts: Path, port: int, log: Path) -> subprocess.Popen:
     """`mlflow server` in its own process group (its web workers go down with it)."""
-    return subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1", "--backend-store-uri", store, "--artifacts-destination",
-                             str(artifacts)], stdout=open(log, "a"), stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            store,
+            "--artifacts-destination",
+            str(artifacts),
+        ],
+        stdout=open(log, "a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -159,16 +274,31 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_mlflow_server_lost_mid_stage_fails_the_run_keeps_checkpoints_and_the_rerun_resumes(tmp_path):
     port, store, art, log = free_port(), f"sqlite:///{tmp_path}/server.db", tmp_path / "art", tmp_path / "mlflow.log"
     uri = f"http://127.0.0.1:{port}"
-    env = os.environ | {"MLFLOW_TRACKING_URI": uri, "PREFECT_HOME": str(tmp_path / "prefect"),
-                        "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}  # fmt: skip
-    cmd = [sys.executable, str(ROOT / "flows" / "pipeline.py"), "experiment=tiny", f"paths.root={tmp_path}",
-           "~rl", "~ttc", "~compare", "trainer.progress_bar=false", "pretrain.max_steps=200",
-           "pretrain.ckpt_every=20", "pretrain.eval_every=200", "pretrain.log_every=5"]  # fmt: skip
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": uri,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}",
+    }
+    cmd = [
+        sys.executable,
+        str(ROOT / "flows" / "pipeline.py"),
+        "experiment=tiny",
+        f"paths.root={tmp_path}",
+        "~rl",
+        "~ttc",
+        "~compare",
+        "trainer.progress_bar=false",
+        "pretrain.max_steps=200",
+        "pretrain.ckpt_every=20",
+        "pretrain.eval_every=200",
+        "pretrain.log_every=5",
+    ]
     server = _mlflow_server(store, art, port, log)
     try:
         wait_http(f"{uri}/health", server, "mlflow server")
-        first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True)  # fmt: skip
+        first = subprocess.Popen(
+            cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         work = tmp_path / "mlruns" / "work" / "pretrain"
         deadline = time.time() + 300
         while not list(work.glob("*/lightning/last.ckpt")):  # training is under way: take the server away

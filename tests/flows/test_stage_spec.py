@@ -40,8 +40,17 @@ def _no_nines(cfg) -> None:
 
 @pytest.fixture
 def count_stage():
-    spec = register(StageSpec(name="count", run=run_count, config=CountConfig, order=50, inputs=("seed",),
-                              headline=("rows",), check=_no_nines))  # fmt: skip
+    spec = register(
+        StageSpec(
+            name="count",
+            run=run_count,
+            config=CountConfig,
+            order=50,
+            inputs=("seed",),
+            headline=("rows",),
+            check=_no_nines,
+        )
+    )
     CALLS.clear()
     yield spec
     unregister("count")

@@ -91,8 +91,16 @@ def test_a_second_signal_while_stopping_only_ends_the_wait():
 @pytest.mark.slow
 def test_sigterm_mid_pretraining_saves_a_checkpoint_ends_the_runs_killed_and_the_rerun_resumes(tmp_path):
     # no periodic checkpoint (ckpt_every > max_steps): the only one is what the stop writes
-    cmd, env = pipeline_command(tmp_path, "~rl", "~ttc", "~compare", "pretrain.max_steps=400",
-                                "pretrain.ckpt_every=5000", "pretrain.eval_every=5000", "pretrain.log_every=5")  # fmt: skip
+    cmd, env = pipeline_command(
+        tmp_path,
+        "~rl",
+        "~ttc",
+        "~compare",
+        "pretrain.max_steps=400",
+        "pretrain.ckpt_every=5000",
+        "pretrain.eval_every=5000",
+        "pretrain.log_every=5",
+    )
     log = tmp_path / "first.log"
     first = start(cmd, env, log)
     tree = signal_once_logged(tmp_path, first, log, "pretrain", "train/loss")
@@ -125,8 +133,17 @@ def test_a_second_sigterm_while_a_two_process_stage_stops_still_ends_every_rank_
     """SIGTERM, then SIGTERM again while the ranks are still stopping (an impatient user, a supervisor that
     repeats it): the second one cuts the grace period short, but the runs still end KILLED, the process still
     exits as killed by the signal, and neither the launcher, a rank nor the Prefect server is left."""
-    cmd, env = pipeline_command(tmp_path, "~rl", "~ttc", "~compare", "trainer=cpu_zero2", "pretrain.max_steps=3000",
-                                "pretrain.ckpt_every=5000", "pretrain.eval_every=5000", "pretrain.log_every=5")  # fmt: skip
+    cmd, env = pipeline_command(
+        tmp_path,
+        "~rl",
+        "~ttc",
+        "~compare",
+        "trainer=cpu_zero2",
+        "pretrain.max_steps=3000",
+        "pretrain.ckpt_every=5000",
+        "pretrain.eval_every=5000",
+        "pretrain.log_every=5",
+    )
     log = tmp_path / "first.log"
     first = start(cmd, env, log)
     tree = signal_once_logged(tmp_path, first, log, "pretrain", "train/loss")

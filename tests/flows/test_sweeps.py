@@ -8,15 +8,29 @@ from mlflow import MlflowClient
 
 from tests.conftest import ROOT
 
-SWEEP = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "experiment=tiny", "~compare",
-         "pretrain.max_steps=10,20", "pretrain.eval_every=10", "trainer.progress_bar=false"]  # fmt: skip
+SWEEP = [
+    "-m",
+    "hydra/launcher=joblib",
+    "hydra.launcher.n_jobs=2",
+    "experiment=tiny",
+    "~compare",
+    "pretrain.max_steps=10,20",
+    "pretrain.eval_every=10",
+    "trainer.progress_bar=false",
+]
 
 
 @pytest.mark.slow
 def test_joblib_sweep_runs_jobs_in_parallel_on_a_persistent_server(tmp_path, prefect_server_process):
     env = prefect_server_process | {"PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
-    proc = subprocess.run([sys.executable, str(ROOT / "flows" / "pipeline.py"), *SWEEP, f"paths.root={tmp_path}"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "flows" / "pipeline.py"), *SWEEP, f"paths.root={tmp_path}"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("thinkflow").experiment_id])
@@ -29,8 +43,13 @@ def test_joblib_sweep_runs_jobs_in_parallel_on_a_persistent_server(tmp_path, pre
 
 def test_joblib_sweep_without_a_persistent_server_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    proc = subprocess.run([sys.executable, str(ROOT / "flows" / "pipeline.py"), *SWEEP, f"paths.root={tmp_path}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "flows" / "pipeline.py"), *SWEEP, f"paths.root={tmp_path}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "prefect server start" in proc.stderr and "PREFECT_API_URL" in proc.stderr
     assert not (tmp_path / "mlruns" / "work").exists()

@@ -20,11 +20,29 @@ from thinkflow.profile.ledger import (
 )
 
 CONFIGS = {  # two shapes, hand-counted below: MHA with untied dims, and GQA
-    "mha": {"name": "a", "n_layers": 2, "d_model": 64, "n_heads": 4, "n_kv_heads": 4, "d_ff": 256,
-            "max_seq_len": 64, "rope_theta": 10000.0, "tie_embeddings": True},
-    "gqa": {"name": "b", "n_layers": 3, "d_model": 96, "n_heads": 6, "n_kv_heads": 2, "d_ff": 192,
-            "max_seq_len": 64, "rope_theta": 10000.0, "tie_embeddings": True},
-}  # fmt: skip
+    "mha": {
+        "name": "a",
+        "n_layers": 2,
+        "d_model": 64,
+        "n_heads": 4,
+        "n_kv_heads": 4,
+        "d_ff": 256,
+        "max_seq_len": 64,
+        "rope_theta": 10000.0,
+        "tie_embeddings": True,
+    },
+    "gqa": {
+        "name": "b",
+        "n_layers": 3,
+        "d_model": 96,
+        "n_heads": 6,
+        "n_kv_heads": 2,
+        "d_ff": 192,
+        "max_seq_len": 64,
+        "rope_theta": 10000.0,
+        "tie_embeddings": True,
+    },
+}
 
 
 def _hand_flops_per_token(mc: dict, vocab: int) -> int:

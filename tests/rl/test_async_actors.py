@@ -51,8 +51,10 @@ def test_simulated_link_and_payload_bytes():
 
 
 def test_bad_actor_settings_are_named(tmp_path):
-    for override, message in (("rl.actors.num_actors=0", "rl.actors.num_actors must be >= 1"),
-                              ("rl.actors.max_staleness=-1", "rl.actors.max_staleness must be >= 0")):  # fmt: skip
+    for override, message in (
+        ("rl.actors.num_actors=0", "rl.actors.num_actors must be >= 1"),
+        ("rl.actors.max_staleness=-1", "rl.actors.max_staleness must be >= 0"),
+    ):
         with pytest.raises(ConfigError, match=message):
             validate(compose(["rl.mode=async", override], root=tmp_path))
     with pytest.raises(ConfigError, match="set trainer.devices=1"):
@@ -82,9 +84,20 @@ def test_an_unreachable_ray_cluster_is_named():
 # A simulated 1 s link latency each way makes every batch take >= 2 s of sleep whatever the machine's
 # speed: a restarting actor (10-40 s to import and load its model) comes back long before the learner,
 # fed by the other actor alone, reaches max_steps (without it, a fast machine finished 100 steps first).
-ASYNC = ["experiment=tiny", "rl.mode=async", "rl.actors.num_actors=2", "rl.max_steps=40", "rl.eval_every=20",
-         "rl.ckpt_every=3", "rl.prompts_per_step=4", "rl.reward.format_weight=1.0", "rl.actors.link.latency_s=1.0",
-         "~ttc", "~compare", "trainer.progress_bar=false"]  # fmt: skip
+ASYNC = [
+    "experiment=tiny",
+    "rl.mode=async",
+    "rl.actors.num_actors=2",
+    "rl.max_steps=40",
+    "rl.eval_every=20",
+    "rl.ckpt_every=3",
+    "rl.prompts_per_step=4",
+    "rl.reward.format_weight=1.0",
+    "rl.actors.link.latency_s=1.0",
+    "~ttc",
+    "~compare",
+    "trainer.progress_bar=false",
+]
 
 
 def _wait_for(what: str, check, proc, timeout: float = 300):
@@ -113,8 +126,9 @@ def test_async_rl_survives_a_killed_actor_and_a_killed_learner(tmp_path):
     env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
     log = tmp_path / "first.log"  # a file, not a pipe: Ray's processes would hold a pipe open after the kill
     with open(log, "w") as out:  # the child keeps its own copy of the file descriptor
-        first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
-                                 start_new_session=True)  # fmt: skip
+        first = subprocess.Popen(
+            cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     work = tmp_path / "mlruns" / "work" / "rl"
     pids_file = lambda: next(iter(work.glob("*/actors.json")), None)  # noqa: E731
     last_ckpt = lambda: next(iter(work.glob("*/lightning/last.ckpt")), None)  # noqa: E731
@@ -134,8 +148,11 @@ def test_async_rl_survives_a_killed_actor_and_a_killed_learner(tmp_path):
     assert f"rl: resuming from {last_ckpt()}" in second.stdout
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("thinkflow").experiment_id], "tags.stage = 'rl'",
-                              order_by=["attributes.start_time ASC"])  # fmt: skip
+    runs = client.search_runs(
+        [client.get_experiment_by_name("thinkflow").experiment_id],
+        "tags.stage = 'rl'",
+        order_by=["attributes.start_time ASC"],
+    )
     resumed = runs[-1]
     assert resumed.info.status == "FINISHED"
     history = lambda key: [m for m in sorted(client.get_metric_history(resumed.info.run_id, key), key=lambda m: m.step)]  # noqa: E731

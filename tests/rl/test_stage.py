@@ -73,8 +73,11 @@ def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_resume_finishes(pretr
     assert json.loads((work / "hf" / "thinkflow.json").read_text())["rl_step"] == 2
     assert (work / "lightning" / "last.ckpt").exists()
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    failed = [r for r in client.search_runs([client.get_experiment_by_name("thinkflow").experiment_id])
-              if r.data.tags.get("stage") == "rl"]  # fmt: skip
+    failed = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("thinkflow").experiment_id])
+        if r.data.tags.get("stage") == "rl"
+    ]
     assert [r.info.status for r in failed] == ["FAILED"]
 
     monkeypatch.setattr(learner, "policy_loss", real_loss)
@@ -140,7 +143,18 @@ def test_beta_without_a_reference_model_is_refused(pretrained, tmp_path):
     model, tok = load_checkpoint(pretrained)
     rl = validate(rl_config(tmp_path, pretrained, ["rl.beta=0.1"])).rl
     with pytest.raises(ValueError, match="beta > 0 needs a reference model"):
-        GRPOModule(model, tok, build_task("multiplication", 2), [], [], rl, 0, InProcessPolicy(), None, "r")
+        GRPOModule(
+            model,
+            tok,
+            build_task("multiplication", 2),
+            train_problems=[],
+            val_problems=[],
+            rl=rl,
+            seed=0,
+            policy=InProcessPolicy(),
+            tracker=None,
+            run_id="r",
+        )
 
 
 def test_rl_work_dir_survives_a_reexport_of_the_same_weights(pretrained, tmp_path):

@@ -19,8 +19,15 @@ def test_rl_with_vllm_rollouts_refreshes_weights_in_place(tmp_path):
 
     model, tok = build_model_and_tokenizer(TINY, seed=7)  # head_dim 32, untied: vLLM CPU reloads in place
     init = save_hf(model, tok, tmp_path / "init")
-    overrides = ["rl.backend=vllm", "rl.max_steps=3", "rl.eval_every=3", "rl.ckpt_every=3", "rl.lr=1e-2",
-                 "rl.reward.format_weight=1.0", f"rl.init_from={init}"]  # fmt: skip
+    overrides = [
+        "rl.backend=vllm",
+        "rl.max_steps=3",
+        "rl.eval_every=3",
+        "rl.ckpt_every=3",
+        "rl.lr=1e-2",
+        "rl.reward.format_weight=1.0",
+        f"rl.init_from={init}",
+    ]
     config = compose(overrides, root=tmp_path) | {"pretrain": None}
     result = run_stage("rl", config, start_pipeline_run(config, None), {}, None)
     assert result.metrics["steps"] == 3

@@ -17,9 +17,16 @@ def run_worker(out: Path, stage: int, nproc: int) -> list[dict]:
         cmd = [sys.executable, str(WORKER), str(out), str(stage)]
     else:
         cmd = [
-            sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-            f"--master_port={free_port()}", str(WORKER), str(out), str(stage),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}",
+            str(WORKER),
+            str(out),
+            str(stage),
+        ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(nproc)]

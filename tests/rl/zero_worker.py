@@ -105,16 +105,26 @@ def main(out: str, stage: int) -> None:
     tracker = RecordingTracker()
     module = FixedExperience(model, tokenizer, task, train, val, rl, 0, InProcessPolicy(), tracker, "run")
     trainer = pl.Trainer(
-        accelerator="cpu", devices=world_size(), strategy=build_strategy(tc, rl.grad_clip),
-        max_steps=STEPS * rl.ppo_epochs, logger=False, use_distributed_sampler=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-    )  # fmt: skip
+        accelerator="cpu",
+        devices=world_size(),
+        strategy=build_strategy(tc, rl.grad_clip),
+        max_steps=STEPS * rl.ppo_epochs,
+        logger=False,
+        use_distributed_sampler=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(module, train_dataloaders=DataLoader(range(STEPS), batch_size=1))
     losses = [m["rl/loss"] for _, m in tracker.metrics if "rl/loss" in m]
     result = {
-        "rank": global_rank(), "world": world_size(), "losses": losses,
-        "state_numel": optimizer_state_numel(trainer), "n_params": n_params,
-    }  # fmt: skip
+        "rank": global_rank(),
+        "world": world_size(),
+        "losses": losses,
+        "state_numel": optimizer_state_numel(trainer),
+        "n_params": n_params,
+    }
     with open(f"{out}.rank{global_rank()}.json", "w") as fh:
         json.dump(result, fh)
     close_process_group()

@@ -125,8 +125,9 @@ def test_training_stages_drop_held_out_problems_from_their_training_data(tmp_pat
     metrics = tracker.client.get_run(run_id).data.metrics
     assert metrics["data/contamination/checked"] == 31
     assert metrics["data/contamination/overlapping"] == 1 and metrics["data/contamination/dropped"] == 1
-    fail = validate(compose(["task=gsm8k", f"task.source={data}", "task.n_test=8", "task.decontaminate.action=fail"],
-                            root=tmp_path))  # fmt: skip
+    fail = validate(
+        compose(["task=gsm8k", f"task.source={data}", "task.n_test=8", "task.decontaminate.action=fail"], root=tmp_path)
+    )
     with pytest.raises(ConfigError, match=r"1 of 31 training problems overlap the evaluation sets"):
         training_problems(fail, fail.task.build(), 32, ctx)
 

@@ -28,10 +28,13 @@ def test_compute_optimal_picks_the_right_strategy_per_bin():
 def test_per_problem_counts_missing_answers_as_wrong():
     table = pd.DataFrame(
         {
-            "problem_id": ["a"] * 4, "correct": [True, False, False, False], "answer": ["7", None, None, "8"],
-            "logprob_mean": [-0.1, -0.2, -0.3, -0.4], "logprob_sum": [-1.0, -2.0, -3.0, -4.0],
+            "problem_id": ["a"] * 4,
+            "correct": [True, False, False, False],
+            "answer": ["7", None, None, "8"],
+            "logprob_mean": [-0.1, -0.2, -0.3, -0.4],
+            "logprob_sum": [-1.0, -2.0, -3.0, -4.0],
         }
-    )  # fmt: skip
+    )
     curves = per_problem(table, [1, 2, 4])
     assert curves["pass"][0].tolist() == pytest.approx([0.25, 0.5, 1.0])
     assert curves["maj"][0, 0] == pytest.approx(0.25)  # k=1: the one correct sample
@@ -92,8 +95,18 @@ def test_ttc_eval_on_math500_reports_by_level_and_allocates_over_levels(tmp_path
         pytest.skip(f"MATH-500 not found at {math500}")
     tiny = {"n_layers": 1, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "d_ff": 64, "max_seq_len": 2048}
     ckpt = save_hf(*build_model_and_tokenizer(tiny, seed=3), tmp_path / "model")
-    overrides = ["task=math500", f"task.source={math500}", "task.n_test=10", "task.shots=0", f"ttc.init_from={ckpt}",
-                 "ttc.n_max=4", "ttc.ks=[1,2,4]", "ttc.budgets=[]", "ttc.wait_min_think=[]", "ttc.verifier.samples=2"]  # fmt: skip
+    overrides = [
+        "task=math500",
+        f"task.source={math500}",
+        "task.n_test=10",
+        "task.shots=0",
+        f"ttc.init_from={ckpt}",
+        "ttc.n_max=4",
+        "ttc.ks=[1,2,4]",
+        "ttc.budgets=[]",
+        "ttc.wait_min_think=[]",
+        "ttc.verifier.samples=2",
+    ]
     config = compose(overrides, root=tmp_path) | {"pretrain": None, "rl": None, "compare": None}
     result = run_stage("ttc", config, start_pipeline_run(config, None), {}, None)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")

@@ -106,8 +106,15 @@ def test_flops_match_a_hand_computation():
 
     from thinkflow.models.flops import FlopModel
 
-    cfg = SimpleNamespace(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                          intermediate_size=512, vocab_size=100, head_dim=None)  # fmt: skip
+    cfg = SimpleNamespace(
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=512,
+        vocab_size=100,
+        head_dim=None,
+    )
     fm = FlopModel.from_config(cfg)
     # per layer: q 128x128, o 128x128, k and v 128x64 each, gate/up/down 3 x 128x512; plus the LM head 100x128
     per_layer = 128 * 128 * 2 + 128 * 64 * 2 + 3 * 128 * 512
@@ -141,9 +148,21 @@ def test_plots_keep_one_colour_per_strategy_across_checkpoints(tmp_path, monkeyp
 
     from thinkflow.ttc import plots
 
-    rows = [{"checkpoint": c, "strategy": s, "k": k, "accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6,
-             "n_problems": 8, "n_samples": 4} for c in ("pretrain", "rl") for s in ("pass", "maj", "weighted_maj")
-            for k in (1, 2, 4)]  # fmt: skip
+    rows = [
+        {
+            "checkpoint": c,
+            "strategy": s,
+            "k": k,
+            "accuracy": 0.5,
+            "ci_low": 0.4,
+            "ci_high": 0.6,
+            "n_problems": 8,
+            "n_samples": 4,
+        }
+        for c in ("pretrain", "rl")
+        for s in ("pass", "maj", "weighted_maj")
+        for k in (1, 2, 4)
+    ]
     points = pd.DataFrame(rows)
     drawn = []
     real_plot = plt.Axes.plot

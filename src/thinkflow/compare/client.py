@@ -67,8 +67,9 @@ class Endpoint:
     def api_key(self) -> str:
         key = os.environ.get(self.api_key_env, "")
         if not key:
-            raise MissingKey(f"environment variable {self.api_key_env} (API key for {self.model} at "
-                             f"{self.base_url}) is not set")  # fmt: skip
+            raise MissingKey(
+                f"environment variable {self.api_key_env} (API key for {self.model} at {self.base_url}) is not set"
+            )
         return key
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -161,8 +162,11 @@ class APIClient:
         """What identifies a response (the cache key's input): no credentials."""
         d = asdict(call)
         d["prompt"] = call.prompt if isinstance(call.prompt, str) else [list(m) for m in call.prompt]
-        return {"base_url": self.endpoint.base_url.rstrip("/"), "model": self.endpoint.model,
-                "mode": self.endpoint.mode} | d  # fmt: skip
+        return {
+            "base_url": self.endpoint.base_url.rstrip("/"),
+            "model": self.endpoint.model,
+            "mode": self.endpoint.mode,
+        } | d
 
     def _cached(self, call: Call) -> Completion | None:
         if self.cache is None:
@@ -213,8 +217,10 @@ class APIClient:
                 await self._tokens.take(worst_tokens)
                 cap = self.limits.spend_cap_usd
                 if cap is not None and self.usage.spent_usd + self._reserved + worst_usd > cap:
-                    self._stopped = (f"spend cap ${cap:.4f} reached (spent ${self.usage.spent_usd:.4f}, "
-                                     f"next call could cost up to ${worst_usd:.4f})")  # fmt: skip
+                    self._stopped = (
+                        f"spend cap ${cap:.4f} reached (spent ${self.usage.spent_usd:.4f}, "
+                        f"next call could cost up to ${worst_usd:.4f})"
+                    )
                     log.warning("%s: %s", self.endpoint.model, self._stopped)
                     return
                 self._reserved += worst_usd
@@ -226,8 +232,10 @@ class APIClient:
                     self.usage.retry_reasons[err.reason] = self.usage.retry_reasons.get(err.reason, 0) + 1
                     if attempt == self.limits.max_retries:
                         self.usage.failures += 1
-                        raise APIError(f"{self.endpoint.model} at {self.endpoint.base_url}: gave up after "
-                                       f"{attempt + 1} attempts; last error: {err.reason}") from None  # fmt: skip
+                        raise APIError(
+                            f"{self.endpoint.model} at {self.endpoint.base_url}: gave up after "
+                            f"{attempt + 1} attempts; last error: {err.reason}"
+                        ) from None
                     await asyncio.sleep(self._delay(attempt, err.retry_after))
                     continue
                 except BaseException:
@@ -251,8 +259,13 @@ class APIClient:
         return max(backoff, retry_after or 0.0)
 
     async def _send(self, client, call: Call) -> Completion:
-        common = {"model": self.endpoint.model, "max_tokens": call.max_tokens, "temperature": call.temperature,
-                  "top_p": call.top_p, "seed": call.seed}  # fmt: skip
+        common = {
+            "model": self.endpoint.model,
+            "max_tokens": call.max_tokens,
+            "temperature": call.temperature,
+            "top_p": call.top_p,
+            "seed": call.seed,
+        }
         if call.stop:
             common["stop"] = list(call.stop)
         try:
@@ -272,17 +285,25 @@ class APIClient:
             status = err.status_code
             if status in RETRY_STATUS or status >= 500:
                 raise _Retryable(f"HTTP {status}", _retry_after(err.response.headers)) from None
-            raise APIError(f"{self.endpoint.model} at {self.endpoint.base_url}: HTTP {status}: "
-                           f"{self._redact(err.message)}") from None  # fmt: skip
+            raise APIError(
+                f"{self.endpoint.model} at {self.endpoint.base_url}: HTTP {status}: {self._redact(err.message)}"
+            ) from None
         except openai.APITimeoutError:
             raise _Retryable("timeout") from None
         except openai.APIConnectionError:
             raise _Retryable("connection error") from None
-        except (openai.APIResponseValidationError, json.JSONDecodeError, AttributeError, IndexError,
-                TypeError, ValueError) as err:  # fmt: skip
+        except (
+            openai.APIResponseValidationError,
+            json.JSONDecodeError,
+            AttributeError,
+            IndexError,
+            TypeError,
+            ValueError,
+        ) as err:
             raise _Retryable(f"malformed response ({type(err).__name__})") from None
-        return Completion(text, finish, prompt_tokens, completion_tokens,
-                          self.endpoint.cost(prompt_tokens, completion_tokens))  # fmt: skip
+        return Completion(
+            text, finish, prompt_tokens, completion_tokens, self.endpoint.cost(prompt_tokens, completion_tokens)
+        )
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
@@ -315,8 +336,13 @@ def _retry_after(headers) -> float | None:
 
 
 def _stored(c: Completion) -> dict:
-    return {"text": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens, "cost_usd": c.cost_usd}  # fmt: skip
+    return {
+        "text": c.text,
+        "finish_reason": c.finish_reason,
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+        "cost_usd": c.cost_usd,
+    }
 
 
 def _run_sync(coro):

@@ -64,8 +64,9 @@ class Contestant:
 
 
 @contextmanager
-def open_contestant(name: str, spec: ContestantConfig, upstream: dict, tracker: Tracker, work: Path,
-                    api: APIConfig) -> Iterator[Contestant]:  # fmt: skip
+def open_contestant(
+    name: str, spec: ContestantConfig, upstream: dict, tracker: Tracker, work: Path, api: APIConfig
+) -> Iterator[Contestant]:
     if spec.kind == "openai":
         yield _api_contestant(name, spec, api, work)
         return
@@ -92,14 +93,21 @@ def _local(name: str, spec: ContestantConfig, engine, where: str, info: dict | N
     config = model.config if model is not None else _config(where)
     count = n_params(model) if model is not None else None
     flops = FlopModel.from_config(getattr(config, "text_config", config))
-    info = {"kind": spec.kind, "model": str(where), "backend": spec.backend, "prompt": spec.prompt,
-            "fewshot": spec.fewshot, "n_params": count} | (info or {})  # fmt: skip
+    info = {
+        "kind": spec.kind,
+        "model": str(where),
+        "backend": spec.backend,
+        "prompt": spec.prompt,
+        "fewshot": spec.fewshot,
+        "n_params": count,
+    } | (info or {})
     return Contestant(name, spec, engine, flops, count, info=info)
 
 
 def _api_contestant(name: str, spec: ContestantConfig, api: APIConfig, work: Path) -> Contestant:
-    endpoint = Endpoint(spec.base_url, spec.model, spec.api_key_env, spec.mode, spec.usd_per_mtok_in,
-                        spec.usd_per_mtok_out)  # fmt: skip
+    endpoint = Endpoint(
+        spec.base_url, spec.model, spec.api_key_env, spec.mode, spec.usd_per_mtok_in, spec.usd_per_mtok_out
+    )
     limits = Limits(
         concurrency=api.concurrency,
         requests_per_minute=api.requests_per_minute,
@@ -116,10 +124,19 @@ def _api_contestant(name: str, spec: ContestantConfig, api: APIConfig, work: Pat
     except MissingKey as err:
         raise Skip(f"{err}; set it to include this contestant") from None
     flops = FlopModel(spec.n_params or float("nan"), 0, 0)  # ~2 x params per token when the size is known
-    info = {"kind": "openai", "model": spec.model, "base_url": spec.base_url, "mode": spec.mode,
-            "prompt": spec.prompt, "fewshot": spec.fewshot, "api_key_env": spec.api_key_env,
-            "usd_per_mtok_in": spec.usd_per_mtok_in, "usd_per_mtok_out": spec.usd_per_mtok_out,
-            "n_params": spec.n_params, "cache": str(cache.path)}  # fmt: skip
+    info = {
+        "kind": "openai",
+        "model": spec.model,
+        "base_url": spec.base_url,
+        "mode": spec.mode,
+        "prompt": spec.prompt,
+        "fewshot": spec.fewshot,
+        "api_key_env": spec.api_key_env,
+        "usd_per_mtok_in": spec.usd_per_mtok_in,
+        "usd_per_mtok_out": spec.usd_per_mtok_out,
+        "n_params": spec.n_params,
+        "cache": str(cache.path),
+    }
     return Contestant(name, spec, APIEngine(client), flops, spec.n_params, client=client, info=info)
 
 
@@ -133,8 +150,11 @@ class APIEngine:
 
     def generate(self, prompts: list, params: SamplingParams) -> list[list[Sample]]:
         params.validate()
-        calls = [Call(p, params.max_new_tokens, params.temperature, params.top_p, params.stop, params.seed + j, j)
-                 for p in prompts for j in range(params.n)]  # fmt: skip
+        calls = [
+            Call(p, params.max_new_tokens, params.temperature, params.top_p, params.stop, params.seed + j, j)
+            for p in prompts
+            for j in range(params.n)
+        ]
         try:
             results, partial = self.client.run(calls), None
         except SpendCapReached as stop:
@@ -142,8 +162,11 @@ class APIEngine:
         groups: list[list[Sample]] = [[] for _ in prompts]
         for i, r in enumerate(results):
             if r is not None:
-                groups[i // params.n].append(Sample(i // params.n, r.text, [], [], r.finish_reason, r.prompt_tokens,
-                                                    gen_tokens=r.completion_tokens))  # fmt: skip
+                groups[i // params.n].append(
+                    Sample(
+                        i // params.n, r.text, [], [], r.finish_reason, r.prompt_tokens, gen_tokens=r.completion_tokens
+                    )
+                )
         if partial is not None:
             raise SpendCapReached(str(partial), groups)
         return groups
@@ -210,8 +233,9 @@ def _thinkflow_checkpoint(spec: ContestantConfig, upstream: dict, tracker: Track
         try:
             client.download_artifacts(run_id, "checkpoint", str(target))
         except Exception as err:  # MLflow raises its own and OS errors
-            raise CheckpointError(f"MLflow run {run_id} has no checkpoint artifact "
-                                  f"(was it run with tracking.log_checkpoint=true?): {err}") from err  # fmt: skip
+            raise CheckpointError(
+                f"MLflow run {run_id} has no checkpoint artifact (was it run with tracking.log_checkpoint=true?): {err}"
+            ) from err
     return target / "checkpoint"
 
 
@@ -221,9 +245,11 @@ def _find_run(spec: ContestantConfig, tracker: Tracker) -> str:
     filters = ["attributes.status = 'FINISHED'", "tags.`pipeline.stages` != ''"]
     if spec.run_filter:
         filters.append(spec.run_filter)
-    runs = tracker.client.search_runs([tracker.experiment_id], " and ".join(filters),
-                                      order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id], " and ".join(filters), order_by=["attributes.start_time DESC"], max_results=1
+    )
     if not runs:
-        raise CheckpointError(f"no finished pipeline run matches {spec.run_filter or '(any)'} in experiment "
-                              f"{tracker.experiment_id}")  # fmt: skip
+        raise CheckpointError(
+            f"no finished pipeline run matches {spec.run_filter or '(any)'} in experiment {tracker.experiment_id}"
+        )
     return runs[0].info.run_id

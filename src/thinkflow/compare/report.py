@@ -32,24 +32,39 @@ def comparison_table(points: pd.DataFrame, summaries: dict[str, dict]) -> pd.Dat
     """One row per contestant: headline accuracies and what they cost."""
     rows = []
     for name, s in summaries.items():
-        row = {"contestant": name, "kind": s["kind"], "model": s["model"], "n_params": s.get("n_params"),
-               "status": s["status"], "note": s.get("note", "")}  # fmt: skip
+        row = {
+            "contestant": name,
+            "kind": s["kind"],
+            "model": s["model"],
+            "n_params": s.get("n_params"),
+            "status": s["status"],
+            "note": s.get("note", ""),
+        }
         p = points[points.contestant == name] if not points.empty else points
         if not p.empty:
             greedy = p[p.strategy == "greedy"]
             if not greedy.empty:
                 g = greedy.iloc[0]
-                row |= {"acc_greedy": g.accuracy, "greedy_ci": f"[{g.ci_low:.2f}, {g.ci_high:.2f}]",
-                        "usd_per_problem_greedy": g.usd, "flops_per_problem_greedy": g.flops}  # fmt: skip
+                row |= {
+                    "acc_greedy": g.accuracy,
+                    "greedy_ci": f"[{g.ci_low:.2f}, {g.ci_high:.2f}]",
+                    "usd_per_problem_greedy": g.usd,
+                    "flops_per_problem_greedy": g.flops,
+                }
             for strategy in ("maj", "pass"):
                 q = p[p.strategy == strategy]
                 if not q.empty:
                     top = q.sort_values("k").iloc[-1]
-                    row |= {f"{strategy}_k": int(top.k), f"acc_{strategy}_at_kmax": top.accuracy,
-                            f"{strategy}_ci": f"[{top.ci_low:.2f}, {top.ci_high:.2f}]"}  # fmt: skip
+                    row |= {
+                        f"{strategy}_k": int(top.k),
+                        f"acc_{strategy}_at_kmax": top.accuracy,
+                        f"{strategy}_ci": f"[{top.ci_low:.2f}, {top.ci_high:.2f}]",
+                    }
             row |= {"n_problems": int(p.n_problems.iloc[0])}
-        row |= {k: s.get(k) for k in ("tokens_out", "cost_usd", "flops", "wall_s", "api_paid_calls", "api_cache_hits",
-                                       "api_retries")}  # fmt: skip
+        row |= {
+            k: s.get(k)
+            for k in ("tokens_out", "cost_usd", "flops", "wall_s", "api_paid_calls", "api_cache_hits", "api_retries")
+        }
         row |= {k: v for k, v in s.items() if k.startswith("env/")}  # environment tasks' episode counts
         rows.append(row)
     return pd.DataFrame(rows)
@@ -72,47 +87,80 @@ def matched_compute(points: pd.DataFrame, sizes: dict[str, int | None], by: str 
             if votes.empty:
                 continue
             best = votes.sort_values("k").iloc[-1]
-            rows.append({"small": small, "small_strategy": f"maj@{int(best.k)}", "small_acc": best.accuracy,
-                         "small_ci": f"[{best.ci_low:.2f}, {best.ci_high:.2f}]", f"small_{by}": best[by],
-                         "large": large, "large_acc_greedy": g.accuracy,
-                         "large_ci": f"[{g.ci_low:.2f}, {g.ci_high:.2f}]", f"large_{by}": g[by],
-                         "small_wins": bool(best.ci_low > g.ci_high), "large_wins": bool(g.ci_low > best.ci_high)})  # fmt: skip
+            rows.append(
+                {
+                    "small": small,
+                    "small_strategy": f"maj@{int(best.k)}",
+                    "small_acc": best.accuracy,
+                    "small_ci": f"[{best.ci_low:.2f}, {best.ci_high:.2f}]",
+                    f"small_{by}": best[by],
+                    "large": large,
+                    "large_acc_greedy": g.accuracy,
+                    "large_ci": f"[{g.ci_low:.2f}, {g.ci_high:.2f}]",
+                    f"large_{by}": g[by],
+                    "small_wins": bool(best.ci_low > g.ci_high),
+                    "large_wins": bool(g.ci_low > best.ci_high),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def markdown(table: pd.DataFrame, matched: dict[str, pd.DataFrame], n_problems: int, benchmark: str) -> str:
-    lines = [f"# Open versus frontier: {benchmark}, {n_problems} problems (95% bootstrap CIs)", "",
-             "| contestant | kind | params | greedy | maj@k | pass@k | $ / problem (greedy) | FLOPs / problem "
-             "(greedy) | tokens out | $ total | status |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines = [
+        f"# Open versus frontier: {benchmark}, {n_problems} problems (95% bootstrap CIs)",
+        "",
+        "| contestant | kind | params | greedy | maj@k | pass@k | $ / problem (greedy) | FLOPs / problem "
+        "(greedy) | tokens out | $ total | status |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in table.to_dict("records"):
         maj = f"@{int(r['maj_k'])}: " + _acc(r, "acc_maj_at_kmax", "maj_ci") if _known(r.get("maj_k")) else "n/a"
         pas = f"@{int(r['pass_k'])}: " + _acc(r, "acc_pass_at_kmax", "pass_ci") if _known(r.get("pass_k")) else "n/a"
         status = r["status"] + (f": {r['note']}" if r.get("note") else "")
-        lines.append(f"| {r['contestant']} | {r['kind']} | {_fmt(r.get('n_params'))} | {_acc(r, 'acc_greedy', 'greedy_ci')} "
-                     f"| {maj} | {pas} | {_fmt(r.get('usd_per_problem_greedy'))} | "
-                     f"{_fmt(r.get('flops_per_problem_greedy'))} | {_fmt(r.get('tokens_out'), '.0f')} | "
-                     f"{_fmt(r.get('cost_usd'))} | {status} |")  # fmt: skip
+        lines.append(
+            f"| {r['contestant']} | {r['kind']} | {_fmt(r.get('n_params'))} | {_acc(r, 'acc_greedy', 'greedy_ci')} "
+            f"| {maj} | {pas} | {_fmt(r.get('usd_per_problem_greedy'))} | "
+            f"{_fmt(r.get('flops_per_problem_greedy'))} | {_fmt(r.get('tokens_out'), '.0f')} | "
+            f"{_fmt(r.get('cost_usd'))} | {status} |"
+        )
     if "env/sandbox_violations" in table.columns or "env/tool_calls_per_episode" in table.columns:
-        lines += ["", "| contestant | tool calls / episode | invalid actions / episode | sandbox violations | "
-                  "env seconds | mean reward |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            "",
+            "| contestant | tool calls / episode | invalid actions / episode | sandbox violations | "
+            "env seconds | mean reward |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for r in table.to_dict("records"):
-            cells = [_fmt(r.get(f"env/{k}"), ".2f") for k in ("tool_calls_per_episode", "invalid_actions_per_episode",
-                     "sandbox_violations", "seconds", "mean_reward")]  # fmt: skip
+            cells = [
+                _fmt(r.get(f"env/{k}"), ".2f")
+                for k in (
+                    "tool_calls_per_episode",
+                    "invalid_actions_per_episode",
+                    "sandbox_violations",
+                    "seconds",
+                    "mean_reward",
+                )
+            ]
             lines.append(f"| {r['contestant']} | " + " | ".join(cells) + " |")
     for by, m in matched.items():
         if m.empty:
             continue
         unit = "FLOPs" if by == "flops" else "dollars"
-        lines += ["", f"Matched compute ({unit} per problem): the cheaper contestant's majority vote within the "
-                  "costlier one's greedy budget (pairs where a size is known only if the cheaper one is smaller)", "",
-                  f"| cheaper + majority vote ({unit}) | accuracy | costlier, greedy ({unit}) | accuracy | verdict |",
-                  "|---|---:|---|---:|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"Matched compute ({unit} per problem): the cheaper contestant's majority vote within the "
+            "costlier one's greedy budget (pairs where a size is known only if the cheaper one is smaller)",
+            "",
+            f"| cheaper + majority vote ({unit}) | accuracy | costlier, greedy ({unit}) | accuracy | verdict |",
+            "|---|---:|---|---:|---|",
+        ]
         for r in m.to_dict("records"):
             verdict = "cheaper wins" if r["small_wins"] else "costlier wins" if r["large_wins"] else "CIs overlap"
-            lines.append(f"| {r['small']} {r['small_strategy']} ({_fmt(r[f'small_{by}'])}) | {r['small_acc']:.3f} "
-                         f"{r['small_ci']} | {r['large']} ({_fmt(r[f'large_{by}'])}) | {r['large_acc_greedy']:.3f} "
-                         f"{r['large_ci']} | {verdict} |")  # fmt: skip
+            lines.append(
+                f"| {r['small']} {r['small_strategy']} ({_fmt(r[f'small_{by}'])}) | {r['small_acc']:.3f} "
+                f"{r['small_ci']} | {r['large']} ({_fmt(r[f'large_{by}'])}) | {r['large_acc_greedy']:.3f} "
+                f"{r['large_ci']} | {verdict} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -134,11 +182,19 @@ def cost_plot(points: pd.DataFrame, path: Path) -> Path:
                 color = line.get_color()
             g = p[p.strategy == "greedy"]
             if not g.empty:
-                ax.errorbar(g[x], g.accuracy, yerr=[g.accuracy - g.ci_low, g.ci_high - g.accuracy], fmt="*",
-                            ms=10, color=color, label=f"{name}: greedy")  # fmt: skip
+                ax.errorbar(
+                    g[x],
+                    g.accuracy,
+                    yerr=[g.accuracy - g.ci_low, g.ci_high - g.accuracy],
+                    fmt="*",
+                    ms=10,
+                    color=color,
+                    label=f"{name}: greedy",
+                )
         ax.set_xscale("log")
-        ax.set_xlabel(label + (f"\n(not shown, no {'price' if x == 'usd' else 'size'}: {', '.join(hidden)})"
-                               if hidden else ""))  # fmt: skip
+        ax.set_xlabel(
+            label + (f"\n(not shown, no {'price' if x == 'usd' else 'size'}: {', '.join(hidden)})" if hidden else "")
+        )
         ax.set_ylim(-0.03, 1.03)
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)

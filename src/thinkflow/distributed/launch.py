@@ -69,8 +69,10 @@ def read_hostfile(path: str | Path, num_nodes: int, devices: int) -> list[str]:
     chosen = list(hosts)[:num_nodes]
     short = [h for h in chosen if hosts[h] < devices]
     if short:
-        raise ConfigError(f"trainer.devices={devices} processes per node, but {', '.join(short)} in {path} "
-                          f"has fewer slots ({', '.join(str(hosts[h]) for h in short)})")  # fmt: skip
+        raise ConfigError(
+            f"trainer.devices={devices} processes per node, but {', '.join(short)} in {path} "
+            f"has fewer slots ({', '.join(str(hosts[h]) for h in short)})"
+        )
     return chosen
 
 
@@ -101,17 +103,37 @@ def launcher_command(tc: TrainerConfig, spec: Path, result_path: Path) -> list[s
     worker = ["thinkflow.distributed.worker", str(spec), str(result_path)]
     if tc.launcher == "torchrun":
         return [
-            sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={tc.devices}", "--nnodes=1",
-            "--master_addr=127.0.0.1", f"--master_port={tc.master_port or free_port()}", "-m", *worker,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={tc.devices}",
+            "--nnodes=1",
+            "--master_addr=127.0.0.1",
+            f"--master_port={tc.master_port or free_port()}",
+            "-m",
+            *worker,
+        ]
     hostfile = Path(tc.hostfile).resolve() if tc.hostfile else None
-    cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", f"--num_gpus={tc.devices}",
-           f"--master_port={tc.master_port or free_port()}", "--no_local_rank", "--module"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-u",
+        "-m",
+        "deepspeed.launcher.runner",
+        f"--num_gpus={tc.devices}",
+        f"--master_port={tc.master_port or free_port()}",
+        "--no_local_rank",
+        "--module",
+    ]
     if hostfile is None:  # one node, no hostfile: DeepSpeed's local launch
         return [*cmd, "--master_addr=127.0.0.1", *worker]
     hosts = read_hostfile(hostfile, tc.num_nodes, tc.devices)
-    cmd += [f"--hostfile={hostfile}", f"--num_nodes={tc.num_nodes}", f"--launcher={tc.multinode_runner}",
-            f"--master_addr={tc.master_addr or hosts[0]}", "--no_ssh_check"]  # fmt: skip
+    cmd += [
+        f"--hostfile={hostfile}",
+        f"--num_nodes={tc.num_nodes}",
+        f"--launcher={tc.multinode_runner}",
+        f"--master_addr={tc.master_addr or hosts[0]}",
+        "--no_ssh_check",
+    ]
     if tc.ssh_port:
         cmd.append(f"--ssh_port={tc.ssh_port}")
     if tc.num_nodes > 1:
@@ -121,8 +143,15 @@ def launcher_command(tc: TrainerConfig, spec: Path, result_path: Path) -> list[s
     return [*cmd, *worker]
 
 
-def launch(stage: str, config: dict, run_id: str, parent_run_id: str, upstream: dict[str, StageResult], tc: TrainerConfig,
-           spool: Path) -> dict:  # fmt: skip
+def launch(
+    stage: str,
+    config: dict,
+    run_id: str,
+    parent_run_id: str,
+    upstream: dict[str, StageResult],
+    tc: TrainerConfig,
+    spool: Path,
+) -> dict:
     """Run ``stage`` on ``tc.world_size`` processes (this node, or the hostfile's nodes); returns rank 0's
     stage result."""
     spool.mkdir(parents=True, exist_ok=True)
@@ -145,8 +174,9 @@ def launch(stage: str, config: dict, run_id: str, parent_run_id: str, upstream: 
     with open(log_path, "w") as log:
         # its own process group, so that a pipeline stop (SIGTERM / Ctrl-C, thinkflow.shutdown) reaches the
         # launcher and every rank it started, and nothing of the stage outlives the pipeline
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+        )
         procs = _StageProcesses(proc, tc, spec)
         with shutdown.on_stop(f"{stage} on {tc.world_size} processes", now=procs.term, last=procs.kill):
             try:

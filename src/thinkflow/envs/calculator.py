@@ -99,8 +99,9 @@ class ToolArithmetic(SyntheticTask, EnvTask):
 
     def problem(self, pairs: list[tuple[int, int]]) -> Problem:
         prompt = "+".join(f"{a}*{b}" for a, b in pairs) + "="
-        return Problem(id=prompt, prompt=prompt, answer=str(sum(a * b for a, b in pairs)), trace="",
-                       meta={"pairs": pairs})  # fmt: skip
+        return Problem(
+            id=prompt, prompt=prompt, answer=str(sum(a * b for a, b in pairs)), trace="", meta={"pairs": pairs}
+        )
 
     def make(self, prompt: str) -> Problem:
         """The problem a prompt such as ``12*34+56*78=`` states."""

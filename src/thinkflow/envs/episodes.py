@@ -99,8 +99,10 @@ class EnvEngine:
         turn = 1
         while live := [e for e in episodes if not e.done]:
             for budget, group in self._by_budget(live, params).items():
-                out = self.engine.generate([e.context() for e in group], replace(
-                    params, n=1, stop=stop, max_new_tokens=budget, seed=params.seed + 7919 * turn))  # fmt: skip
+                out = self.engine.generate(
+                    [e.context() for e in group],
+                    replace(params, n=1, stop=stop, max_new_tokens=budget, seed=params.seed + 7919 * turn),
+                )
                 self._advance_all([(ep, s) for ep, (s,) in zip(group, out, strict=True)], params)
             turn += 1
 
@@ -177,11 +179,28 @@ class EnvEngine:
 
     def _sample(self, ep: _Episode) -> Sample:
         st = ep.env.stats
-        info = {"reward": ep.reward, "end": ep.end, "turns": st.turns, "tool_calls": st.tool_calls,
-                "grounded_calls": st.grounded_calls, "invalid_actions": st.invalid_actions, "sandbox_violations": st.sandbox_violations,
-                "violations": list(st.violations), "step_seconds": st.step_seconds}  # fmt: skip
-        return Sample(ep.prompt_index, ep.env.transcript, ep.ids, ep.logprobs, "stop" if ep.end == "done" else "length",
-                      ep.prompt_tokens, ep.model_tokens, mask=ep.mask or None, env=info)  # fmt: skip
+        info = {
+            "reward": ep.reward,
+            "end": ep.end,
+            "turns": st.turns,
+            "tool_calls": st.tool_calls,
+            "grounded_calls": st.grounded_calls,
+            "invalid_actions": st.invalid_actions,
+            "sandbox_violations": st.sandbox_violations,
+            "violations": list(st.violations),
+            "step_seconds": st.step_seconds,
+        }
+        return Sample(
+            ep.prompt_index,
+            ep.env.transcript,
+            ep.ids,
+            ep.logprobs,
+            "stop" if ep.end == "done" else "length",
+            ep.prompt_tokens,
+            ep.model_tokens,
+            mask=ep.mask or None,
+            env=info,
+        )
 
 
 def with_env(engine, task: Task, problems: list[Problem]):
@@ -223,7 +242,10 @@ def transcripts_markdown(title: str, rows: list[dict], limit: int = 32) -> str:
     transcript) in a block, its other fields (reward, counts) above it."""
     lines = [f"# {title}", ""]
     for row in rows[:limit]:
-        facts = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
-                          if k not in ("prompt", "completion"))  # fmt: skip
+        facts = ", ".join(
+            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in row.items()
+            if k not in ("prompt", "completion")
+        )
         lines += [f"- {facts}", "", "```", f"{row['prompt']}{row['completion']}", "```", ""]
     return "\n".join(lines)

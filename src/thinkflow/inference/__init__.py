@@ -7,6 +7,6 @@ either. KV-cache bytes per token are a property of the model (``thinkflow.models
 
 from thinkflow.inference.factory import BACKENDS, open_engine
 from thinkflow.inference.hf import HFEngine
-from thinkflow.inference.types import GenerationError, Sample, SamplingParams
+from thinkflow.inference.types import Engine, GenerationError, Sample, SamplingParams
 
-__all__ = ["BACKENDS", "GenerationError", "HFEngine", "Sample", "SamplingParams", "open_engine"]
+__all__ = ["BACKENDS", "Engine", "GenerationError", "HFEngine", "Sample", "SamplingParams", "open_engine"]

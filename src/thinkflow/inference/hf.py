@@ -45,9 +45,11 @@ class _HFStepper:
     def step(self, tok: torch.Tensor) -> torch.Tensor:
         self.attn = torch.cat([self.attn, self.attn.new_ones(self.attn.shape[0], 1)], dim=1)
         out = self.model(
-            input_ids=tok[:, None], attention_mask=self.attn, position_ids=self.next_pos[:, None],
+            input_ids=tok[:, None],
+            attention_mask=self.attn,
+            position_ids=self.next_pos[:, None],
             past_key_values=self.cache,
-        )  # fmt: skip
+        )
         self.next_pos = self.next_pos + 1
         return out.logits[:, -1]
 
@@ -101,8 +103,12 @@ class HFEngine:
         for start in range(0, len(prompts), per_chunk):
             t0 = time.perf_counter()
             chunk = self._generate_chunk(prompts[start : start + per_chunk], params, gen, start)
-            record_generation(self.model.config, [s[0].prompt_tokens for s in chunk],
-                              [[x.gen_tokens for x in s] for s in chunk], time.perf_counter() - t0)  # fmt: skip
+            record_generation(
+                self.model.config,
+                [s[0].prompt_tokens for s in chunk],
+                [[x.gen_tokens for x in s] for s in chunk],
+                time.perf_counter() - t0,
+            )
             out.extend(chunk)
         return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 
 class GenerationError(ValueError):
@@ -55,3 +56,9 @@ class Sample:
     def __post_init__(self) -> None:
         if self.gen_tokens < 0:
             self.gen_tokens = len(self.token_ids)
+
+
+class Engine(Protocol):
+    """What every backend (``hf``, ``vllm``, the compare stage's API engine) offers: ``n`` samples per prompt."""
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]: ...

@@ -79,10 +79,23 @@ class VLLMServer:
 
     def start(self) -> VLLMServer:
         cmd = [
-            str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
-            "--served-model-name", "thinkflow", "--dtype", "float32", "--enforce-eager",
-            "--gpu-memory-utilization", str(self.memory_fraction), "--host", "127.0.0.1", "--port", str(self.port),
-        ]  # fmt: skip
+            str(self.python),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model_dir,
+            "--served-model-name",
+            "thinkflow",
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--gpu-memory-utilization",
+            str(self.memory_fraction),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         if self.max_model_len:
             cmd += ["--max-model-len", str(self.max_model_len)]
         if self.block_size:
@@ -180,19 +193,33 @@ class VLLMEngine:
             t0 = time.perf_counter()
             chunk = self._request(prompts[start : start + self.chunk], params, start)
             if self.server is not None:  # the model's config is known: book the compute
-                record_generation(self.server.model_config(), [s[0].prompt_tokens for s in chunk],
-                                  [[x.gen_tokens for x in s] for s in chunk], time.perf_counter() - t0)  # fmt: skip
+                record_generation(
+                    self.server.model_config(),
+                    [s[0].prompt_tokens for s in chunk],
+                    [[x.gen_tokens for x in s] for s in chunk],
+                    time.perf_counter() - t0,
+                )
             out.extend(chunk)
         return out
 
     def _request(self, prompts: list[str], params: SamplingParams, offset: int) -> list[list[Sample]]:
         body = {
-            "model": self.model_name, "prompt": prompts, "n": params.n, "max_tokens": params.max_new_tokens,
-            "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k or -1,
-            "seed": params.seed, "stop": list(params.stop), "stop_token_ids": list(params.stop_token_ids),
-            "ignore_eos": params.ignore_eos, "logprobs": 0, "include_stop_str_in_output": False,
-            "return_tokens_as_token_ids": True, "skip_special_tokens": True,
-        }  # fmt: skip
+            "model": self.model_name,
+            "prompt": prompts,
+            "n": params.n,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "top_k": params.top_k or -1,
+            "seed": params.seed,
+            "stop": list(params.stop),
+            "stop_token_ids": list(params.stop_token_ids),
+            "ignore_eos": params.ignore_eos,
+            "logprobs": 0,
+            "include_stop_str_in_output": False,
+            "return_tokens_as_token_ids": True,
+            "skip_special_tokens": True,
+        }
         resp = self.client.post("/v1/completions", json=body)
         if resp.status_code != 200:
             raise GenerationError(f"vLLM /v1/completions failed ({resp.status_code}): {resp.text[:500]}")

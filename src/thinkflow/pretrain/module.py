@@ -60,8 +60,9 @@ class CausalLMModule(pl.LightningModule):
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         """Book the step (forward, backward, optimizer) in the stage's compute ledger."""
-        record_training("train", self.model.config, batch["attention_mask"].sum(-1).tolist(),
-                        time.perf_counter() - self._step_t0)  # fmt: skip
+        record_training(
+            "train", self.model.config, batch["attention_mask"].sum(-1).tolist(), time.perf_counter() - self._step_t0
+        )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.log("val/loss", self.model(**batch).loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
@@ -86,5 +87,6 @@ class CausalLMModule(pl.LightningModule):
         self._t0 = None  # evaluation time is not training throughput
 
     def configure_optimizers(self):
-        return adamw_warmup_cosine(self.model, self.lr, self.betas, self.weight_decay, self.warmup_steps,
-                                   self.max_steps, self.min_lr_ratio)  # fmt: skip
+        return adamw_warmup_cosine(
+            self.model, self.lr, self.betas, self.weight_decay, self.warmup_steps, self.max_steps, self.min_lr_ratio
+        )

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 
-from thinkflow.checkpoints import CheckpointOnStop, hf_export_dir, save_hf, training_dirs
+from thinkflow.checkpoints import hf_export_dir, training_dirs
 from thinkflow.config import ConfigError, PipelineConfig, PretrainConfig
-from thinkflow.distributed import full_parameters, is_rank_zero
-from thinkflow.distributed.strategy import build_strategy
+from thinkflow.distributed import is_rank_zero
 from thinkflow.models import build_model_and_tokenizer, load_checkpoint, n_params
 from thinkflow.pretrain.data import TraceDataModule
 from thinkflow.pretrain.module import CausalLMModule
@@ -26,6 +24,7 @@ from thinkflow.registry import StageResult, StageSpec
 from thinkflow.stages import StageContext, stage_work_dir, stage_work_path, training_problems
 from thinkflow.tracking import flatten
 from thinkflow.tracking.lightning import TrackerLogger
+from thinkflow.training import build_trainer, export_hf
 
 
 def pretrain_section(cfg: PipelineConfig) -> dict:
@@ -80,30 +79,32 @@ def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
         )
     tracker.log_metrics(run_id, {"data/skipped_rows": getattr(task, "skipped_rows", 0)})
     module = CausalLMModule(
-        model, tokenizer, task, test, lr=pc.lr, max_steps=pc.max_steps, warmup_steps=pc.warmup_steps,
-        min_lr_ratio=pc.min_lr_ratio, weight_decay=pc.weight_decay, betas=pc.betas,
-        eval_max_new_tokens=pc.eval_max_new_tokens, log_every=pc.log_every,
-    )  # fmt: skip
-    trainer = pl.Trainer(
-        accelerator=tc.accelerator,
-        devices=tc.devices,
-        num_nodes=tc.num_nodes,
-        strategy=build_strategy(tc, pc.grad_clip),
-        precision=tc.precision,
+        model,
+        tokenizer,
+        task,
+        test,
+        lr=pc.lr,
         max_steps=pc.max_steps,
+        warmup_steps=pc.warmup_steps,
+        min_lr_ratio=pc.min_lr_ratio,
+        weight_decay=pc.weight_decay,
+        betas=pc.betas,
+        eval_max_new_tokens=pc.eval_max_new_tokens,
+        log_every=pc.log_every,
+    )
+    trainer = build_trainer(
+        tc,
+        stage="pretrain",
+        work=work,
+        ckpt_dir=ckpt_dir,
+        ckpt_every=pc.ckpt_every,
+        grad_clip=pc.grad_clip,
+        max_steps=pc.max_steps,
+        logger=TrackerLogger(tracker, run_id),
         val_check_interval=pc.eval_every,
         check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
         gradient_clip_val=pc.grad_clip or None,
         log_every_n_steps=pc.log_every,
-        logger=TrackerLogger(tracker, run_id),
-        callbacks=[
-            ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=pc.ckpt_every, save_last=True),
-            CheckpointOnStop(ckpt_dir, "pretrain"),
-        ],
-        enable_progress_bar=tc.progress_bar,
-        enable_model_summary=False,
-        default_root_dir=str(work),
     )
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=False)
@@ -111,9 +112,7 @@ def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
         trainer.validate(module, datamodule=data, verbose=False)  # resumed a finished run: score it
     wall = time.perf_counter() - t0
 
-    with full_parameters(model):  # every rank takes part (ZeRO-3 gathers); rank 0 writes
-        if is_rank_zero():
-            save_hf(model, tokenizer, hf_dir)
+    export_hf(model, tokenizer, hf_dir)  # every rank takes part (ZeRO-3 gathers); rank 0 writes
     evaluation = module.last_eval
     metrics = {
         "val_acc": evaluation["accuracy"],

@@ -42,9 +42,16 @@ def _prompt(tokenizer, length: int) -> str:
 
 
 def _point(kind: str, totals, seconds: float, **extra) -> dict:
-    return {"kind": kind, "flops": totals.flops, "bytes": totals.bytes, "seconds": seconds,
-            "flops_per_s": totals.flops / seconds, "bytes_per_s": totals.bytes / seconds,
-            "intensity": totals.flops / max(totals.bytes, 1.0), **extra}  # fmt: skip
+    return {
+        "kind": kind,
+        "flops": totals.flops,
+        "bytes": totals.bytes,
+        "seconds": seconds,
+        "flops_per_s": totals.flops / seconds,
+        "bytes_per_s": totals.bytes / seconds,
+        "intensity": totals.flops / max(totals.bytes, 1.0),
+        **extra,
+    }
 
 
 def decode_point(engine: HFEngine, batch: int, context: int, label: str) -> dict:
@@ -73,8 +80,9 @@ def prefill_point(model, tokenizer, batch: int, length: int) -> dict:
 
     seconds = _best(run)
     totals = generation_totals(model.config, [ids.shape[1]] * batch, [[0]] * batch, seconds)
-    return _point("prefill", totals, seconds, batch=batch, context=ids.shape[1],
-                  tokens_per_s=batch * ids.shape[1] / seconds)  # fmt: skip
+    return _point(
+        "prefill", totals, seconds, batch=batch, context=ids.shape[1], tokens_per_s=batch * ids.shape[1] / seconds
+    )
 
 
 def train_point(model, tokenizer, batch: int, length: int) -> dict:
@@ -90,8 +98,9 @@ def train_point(model, tokenizer, batch: int, length: int) -> dict:
 
     seconds = _best(step)
     totals = training_totals(model.config, [ids.shape[1]] * batch, seconds)
-    return _point("train step", totals, seconds, batch=batch, context=ids.shape[1],
-                  tokens_per_s=batch * ids.shape[1] / seconds)  # fmt: skip
+    return _point(
+        "train step", totals, seconds, batch=batch, context=ids.shape[1], tokens_per_s=batch * ids.shape[1] / seconds
+    )
 
 
 def measure_model(model, tokenizer) -> list[dict]:

@@ -58,9 +58,16 @@ def measure(min_seconds: float = 0.5) -> dict:
     elems = (256 if dev == "cuda" else 64) * 2**20 // 4  # 64 MiB (CPU) / 256 MiB (GPU) of fp32: past the caches
     src, dst = torch.randn(elems, device=dev), torch.empty(elems, device=dev)
     cp = _timed(lambda: dst.copy_(src), min_seconds)
-    return {"peak_flops": 2 * n**3 / mm, "peak_bytes_per_s": 2 * elems * 4 / cp, "device": _device(),
-            "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
-            "host": socket.gethostname(), "torch": torch.__version__, "measured_at": time.time()}  # fmt: skip
+    return {
+        "peak_flops": 2 * n**3 / mm,
+        "peak_bytes_per_s": 2 * elems * 4 / cp,
+        "device": _device(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "host": socket.gethostname(),
+        "torch": torch.__version__,
+        "measured_at": time.time(),
+    }
 
 
 def machine_peaks(cache_dir: str | Path | None = None) -> dict:

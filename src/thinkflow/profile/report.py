@@ -31,13 +31,29 @@ def profile_table(profiles: dict[str, dict], peaks: dict, setup_s: float = 0.0) 
     """One row per (stage, phase), a row per stage for the time outside its phases, and the pipeline's
     setup (before the first stage)."""
     zero = {"flops": 0.0, "bytes": 0.0, "tokens_processed": 0, "tokens_generated": 0, "calls": 0}
-    rows = [{"stage": "pipeline", "phase": "setup", "category": "other", **zero, "wall_s": setup_s,
-             "peak_rss_mb": float("nan"), "peak_gpu_mb": 0.0}] if setup_s else []  # fmt: skip
+    rows = (
+        [
+            {
+                "stage": "pipeline",
+                "phase": "setup",
+                "category": "other",
+                **zero,
+                "wall_s": setup_s,
+                "peak_rss_mb": float("nan"),
+                "peak_gpu_mb": 0.0,
+            }
+        ]
+        if setup_s
+        else []
+    )
     for stage, prof in profiles.items():  # each stage's ``StageResult.profile``
         if not prof:
             continue
-        common = {"stage": stage, "peak_rss_mb": prof["peak_rss"] / 2**20,
-                  "peak_gpu_mb": prof.get("peak_gpu", 0) / 2**20}  # fmt: skip
+        common = {
+            "stage": stage,
+            "peak_rss_mb": prof["peak_rss"] / 2**20,
+            "peak_gpu_mb": prof.get("peak_gpu", 0) / 2**20,
+        }
         in_phases = 0.0
         for phase, t in prof["phases"].items():
             in_phases += t["wall_s"]
@@ -59,25 +75,47 @@ def profile_table(profiles: dict[str, dict], peaks: dict, setup_s: float = 0.0) 
 
 
 def to_markdown(table: pd.DataFrame, peaks: dict, pipeline_wall: float, points: list[dict]) -> str:
-    cols = ["stage", "phase", "category", "flops", "tokens_processed", "tokens_generated", "wall_s",
-            "flops_per_s", "flops_frac_of_peak", "bytes_per_s", "intensity", "peak_rss_mb"]  # fmt: skip
+    cols = [
+        "stage",
+        "phase",
+        "category",
+        "flops",
+        "tokens_processed",
+        "tokens_generated",
+        "wall_s",
+        "flops_per_s",
+        "flops_frac_of_peak",
+        "bytes_per_s",
+        "intensity",
+        "peak_rss_mb",
+    ]
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = [
-        "# Compute-spend profile", "",
+        "# Compute-spend profile",
+        "",
         f"Machine ({peaks['device']}, {peaks['threads']} threads): {peaks['peak_flops']:.3g} FLOP/s matmul "
         f"({peaks['dtype']}), {peaks['peak_bytes_per_s']:.3g} B/s copy bandwidth. Pipeline wall "
-        f"{pipeline_wall:.1f} s, of which setup and stages account for {table.wall_s.sum():.1f} s.", "",
-        "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
-    ]  # fmt: skip
+        f"{pipeline_wall:.1f} s, of which setup and stages account for {table.wall_s.sum():.1f} s.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
     for row in table[cols].itertuples(False):
         lines.append("| " + " | ".join("" if pd.isna(v) else fmt(v) for v in row) + " |")
     share = table.groupby("category").flops.sum()
-    lines += ["", "Share of FLOPs: " + ", ".join(f"{c} {share.get(c, 0) / max(share.sum(), 1):.1%}"
-                                                for c in CATEGORIES)]  # fmt: skip
+    lines += [
+        "",
+        "Share of FLOPs: " + ", ".join(f"{c} {share.get(c, 0) / max(share.sum(), 1):.1%}" for c in CATEGORIES),
+    ]
     if points:
-        lines += ["", "Final model, measured: " + "; ".join(
-            f"{p['kind']} {p['tokens_per_s']:.4g} tok/s ({p['flops_per_s']:.3g} FLOP/s, intensity {p['intensity']:.3g})"
-            for p in points)]  # fmt: skip
+        lines += [
+            "",
+            "Final model, measured: "
+            + "; ".join(
+                f"{p['kind']} {p['tokens_per_s']:.4g} tok/s ({p['flops_per_s']:.3g} FLOP/s, intensity {p['intensity']:.3g})"
+                for p in points
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -113,8 +151,9 @@ def roofline_plot(table: pd.DataFrame, points: list[dict], peaks: dict, path: Pa
     fig, ax = plt.subplots(figsize=(7, 5))
     phases = table[(table.flops > 0) & (table.bytes > 0) & (table.wall_s > 0)]
     xs = [*phases.intensity, *(p["intensity"] for p in points)] or [1.0]
-    x = np.logspace(np.log10(min(xs) / 4), np.log10(max(max(xs) * 4, 4 * peaks["peak_flops"] /
-                                                         peaks["peak_bytes_per_s"])), 200)  # fmt: skip
+    x = np.logspace(
+        np.log10(min(xs) / 4), np.log10(max(max(xs) * 4, 4 * peaks["peak_flops"] / peaks["peak_bytes_per_s"])), 200
+    )
     ax.plot(x, np.minimum(peaks["peak_flops"], peaks["peak_bytes_per_s"] * x), "k-", lw=1.5, label="machine ceiling")
     for row in phases.itertuples():
         ax.plot(row.intensity, row.flops_per_s, "o", ms=7, label=f"{row.stage}/{row.phase} (run)")

@@ -101,8 +101,9 @@ def connect(address: str | None, num_cpus: int) -> bool:
 class RolloutWorker:
     """One rollout actor (the class Ray runs; see ``AsyncExperience``)."""
 
-    def __init__(self, index: int, checkpoint: str, task: dict, rl: dict, problems: list, seed: int,
-                 threads: int) -> None:  # fmt: skip
+    def __init__(
+        self, index: int, checkpoint: str, task: dict, rl: dict, problems: list, seed: int, threads: int
+    ) -> None:
         from thinkflow.inference import HFEngine
         from thinkflow.models import load_checkpoint
         from thinkflow.rl.objectives import ObjectiveConfig
@@ -147,23 +148,43 @@ class RolloutWorker:
             self.version, sync_s = version, time.perf_counter() - start
         rng = prompt_rng(self.seed, batch_index)  # the refills draw from it too
         prompts = rng.sample(self.problems, min(self.rl.prompts_per_step, len(self.problems)))
-        sampling = SamplingParams(temperature=self.rl.temperature, top_p=self.rl.top_p,
-                                  max_new_tokens=self.rl.max_new_tokens, seed=sampling_seed(self.seed, batch_index))  # fmt: skip
+        sampling = SamplingParams(
+            temperature=self.rl.temperature,
+            top_p=self.rl.top_p,
+            max_new_tokens=self.rl.max_new_tokens,
+            seed=sampling_seed(self.seed, batch_index),
+        )
         t_gen = time.perf_counter()
         with stage_ledger() as ledger, phase("rollout"):
             rollouts = collect(
-                self.engine, self.task, prompts, self.rl.group_size, sampling, self.reward, self.objective,
+                self.engine,
+                self.task,
+                prompts,
+                self.rl.group_size,
+                sampling,
+                self.reward,
+                self.objective,
                 more_problems=lambda n: rng.sample(self.problems, min(n, len(self.problems))),
                 max_refill=self.rl.max_refill,
-            )  # fmt: skip
+            )
         gen_s = time.perf_counter() - t_gen
         bytes_up = tensor_bytes(rollouts)
         t_up = time.perf_counter()
         time.sleep(transfer_delay(bytes_up, link))
         self.last_end = time.perf_counter()
-        return {"rollouts": rollouts, "version": self.version, "actor": self.index, "pid": os.getpid(),
-                "bytes_down": bytes_down, "bytes_up": bytes_up, "sync_s": sync_s, "gen_s": gen_s,
-                "upload_s": self.last_end - t_up, "idle_s": idle, "compute": ledger.as_dict()}  # fmt: skip
+        return {
+            "rollouts": rollouts,
+            "version": self.version,
+            "actor": self.index,
+            "pid": os.getpid(),
+            "bytes_down": bytes_down,
+            "bytes_up": bytes_up,
+            "sync_s": sync_s,
+            "gen_s": gen_s,
+            "upload_s": self.last_end - t_up,
+            "idle_s": idle,
+            "compute": ledger.as_dict(),
+        }
 
 
 @dataclass
@@ -183,8 +204,9 @@ class AsyncExperience:
 
     off_policy = True  # a batch may come from an older policy version than the learner's
 
-    def __init__(self, cfg: ActorsConfig, rl: RLConfig, checkpoint: str, task: dict, problems: list, seed: int,
-                 work: Path) -> None:  # fmt: skip
+    def __init__(
+        self, cfg: ActorsConfig, rl: RLConfig, checkpoint: str, task: dict, problems: list, seed: int, work: Path
+    ) -> None:
         self.cfg, self.work = cfg, Path(work)
         self.actors: list = []
         self.closed, self._lock = False, threading.Lock()  # the lock: no task is submitted once closed
@@ -216,8 +238,10 @@ class AsyncExperience:
         self.problems_ref = ray.put(problems)
         with self._lock:
             self._check_open()
-            self.actors = [remote.remote(i, checkpoint, task, rl.model_dump(), self.problems_ref, seed, self.cfg.threads)
-                           for i in range(self.cfg.num_actors)]  # fmt: skip
+            self.actors = [
+                remote.remote(i, checkpoint, task, rl.model_dump(), self.problems_ref, seed, self.cfg.threads)
+                for i in range(self.cfg.num_actors)
+            ]
         self._record_pids()
 
     # -- weights ------------------------------------------------------------------------------
@@ -303,8 +327,13 @@ class AsyncExperience:
                 self.lost += 1
                 self.down.add(actor)
                 self._probe(actor)
-                log.warning("rollout actor %s died (%s); its in-flight batch is lost (%d so far) and Ray restarts "
-                            "it; training goes on with the others", actor, type(err).__name__, self.lost)  # fmt: skip
+                log.warning(
+                    "rollout actor %s died (%s); its in-flight batch is lost (%d so far) and Ray restarts "
+                    "it; training goes on with the others",
+                    actor,
+                    type(err).__name__,
+                    self.lost,
+                )
                 continue
             self.stats.bytes += out["bytes_down"] + out["bytes_up"]
             self.stats.sync_s += out["sync_s"]
@@ -328,8 +357,12 @@ class AsyncExperience:
             ready, _ = ray.wait(list(self.probes), num_returns=1, timeout=max(deadline - time.time(), 0.01))
             for ref in ready:
                 self._probe_answered(ref)
-        return {"dist/actor_restarts": float(self.restarts), "dist/lost_batches": float(self.lost),
-                "dist/dropped_stale": float(self.dropped), "dist/actors_down": float(len(self.down))}  # fmt: skip
+        return {
+            "dist/actor_restarts": float(self.restarts),
+            "dist/lost_batches": float(self.lost),
+            "dist/dropped_stale": float(self.dropped),
+            "dist/actors_down": float(len(self.down)),
+        }
 
     def step_metrics(self, step_s: float) -> dict[str, float]:
         s, self.stats = self.stats, StepStats()
@@ -357,8 +390,13 @@ class AsyncExperience:
         write_json(self.work / "actors.json", {"pids": {str(k): v for k, v in self.pids.items()}})
 
     def state(self) -> dict:
-        return {"version": self.version, "next_index": self.next_index, "restarts": self.restarts,
-                "lost": self.lost, "dropped": self.dropped}  # fmt: skip
+        return {
+            "version": self.version,
+            "next_index": self.next_index,
+            "restarts": self.restarts,
+            "lost": self.lost,
+            "dropped": self.dropped,
+        }
 
     def load_state(self, state: dict) -> None:
         self.version, self.next_index = state.get("version", 0), state.get("next_index", 0)

@@ -50,15 +50,25 @@ class InProcessExperience:
         rank, rl = global_rank(), self.rl  # read now: the rank is known once the trainer has set up
         rng, refill = prompt_rng(self.seed, step, rank), prompt_rng(self.seed, step, rank, "refill")
         prompts = rng.sample(self.problems, min(rl.prompts_per_step, len(self.problems)))
-        sampling = SamplingParams(temperature=rl.temperature, top_p=rl.top_p, max_new_tokens=rl.max_new_tokens,
-                                  seed=sampling_seed(self.seed, step, rank))  # fmt: skip
+        sampling = SamplingParams(
+            temperature=rl.temperature,
+            top_p=rl.top_p,
+            max_new_tokens=rl.max_new_tokens,
+            seed=sampling_seed(self.seed, step, rank),
+        )
         with full_parameters(model), phase("rollout"):
             engine, sync_s = self.policy.engine(model, self.tokenizer)
             rollouts = collect(
-                engine, self.task, prompts, rl.group_size, sampling, self.reward_cfg, self.objective,
+                engine,
+                self.task,
+                prompts,
+                rl.group_size,
+                sampling,
+                self.reward_cfg,
+                self.objective,
                 more_problems=lambda n: refill.sample(self.problems, min(n, len(self.problems))),
                 max_refill=rl.max_refill,
-            )  # fmt: skip
+            )
         model.train()
         self._busy_s += time.perf_counter() - t0
         return Experience(rollouts, sync_s)
@@ -68,8 +78,11 @@ class InProcessExperience:
 
     def step_metrics(self, step_s: float) -> dict[str, float]:
         busy, self._busy_s = self._busy_s, 0.0
-        return {"dist/learner_idle_frac": busy / max(step_s, 1e-9), "dist/staleness_mean": 0.0,
-                "dist/bytes_per_step": 0.0}  # fmt: skip
+        return {
+            "dist/learner_idle_frac": busy / max(step_s, 1e-9),
+            "dist/staleness_mean": 0.0,
+            "dist/bytes_per_step": 0.0,
+        }
 
     def state(self) -> dict:
         return {}

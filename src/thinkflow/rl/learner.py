@@ -76,6 +76,7 @@ class GRPOModule(pl.LightningModule):
         model,
         tokenizer,
         task: Task,
+        *,
         train_problems: list[Problem],
         val_problems: list[Problem],
         rl: RLConfig,
@@ -177,8 +178,10 @@ class GRPOModule(pl.LightningModule):
                 prox = token_logprobs(self.model, batch)
             is_weights, truncated = truncated_is_weights(prox, batch.old_logp, batch.loss_mask, self.rl.actors.is_cap)
             mask = batch.loss_mask.bool()
-            extra = {"dist/is_weight_mean": float(is_weights[mask].mean()) if mask.any() else 1.0,
-                     "dist/is_truncated_frac": truncated}  # fmt: skip
+            extra = {
+                "dist/is_weight_mean": float(is_weights[mask].mean()) if mask.any() else 1.0,
+                "dist/is_truncated_frac": truncated,
+            }
             batch = replace(batch, old_logp=prox)  # PPO's ratio and clip are taken against the learner's policy
         order = torch.randperm(len(adv), generator=torch.Generator().manual_seed(self.seed + step))
         stats = {"rl/loss": 0.0, "rl/kl": 0.0, "rl/clip_frac": 0.0, "rl/ratio": 0.0, "rl/entropy": 0.0}
@@ -191,9 +194,15 @@ class GRPOModule(pl.LightningModule):
                 # dapo's token mean over the whole batch, whichever rank holds the tokens (objectives.aggregate)
                 tokens_per_rank = all_sum([float(mb.loss_mask.sum())])[0] / world_size()
                 out = policy_loss(
-                    logp, mb.old_logp, adv[idx], mb.loss_mask, self.objective,
-                    None if ref_logp is None else ref_logp[idx], token_weights=w, tokens_per_rank=tokens_per_rank,
-                )  # fmt: skip
+                    logp,
+                    mb.old_logp,
+                    adv[idx],
+                    mb.loss_mask,
+                    self.objective,
+                    None if ref_logp is None else ref_logp[idx],
+                    token_weights=w,
+                    tokens_per_rank=tokens_per_rank,
+                )
                 finite = all_sum([float(torch.isfinite(out.loss.detach()))])[0] == world_size()
                 if not finite:
                     raise TrainingDivergedError(
@@ -208,8 +217,9 @@ class GRPOModule(pl.LightningModule):
                 opt.step()
                 opt.zero_grad()
                 sched.step()
-                record_training("learn", self.model.config, mb.attention_mask.sum(-1).tolist(),
-                                time.perf_counter() - t_mb)  # fmt: skip
+                record_training(
+                    "learn", self.model.config, mb.attention_mask.sum(-1).tolist(), time.perf_counter() - t_mb
+                )
                 tokens += int(mb.attention_mask.sum())
                 n_tok = mb.loss_mask.sum().clamp(min=1)
                 stats["rl/loss"] += float(out.loss.detach())
@@ -251,10 +261,14 @@ class GRPOModule(pl.LightningModule):
         self.evals.append(result)
         self.last_val_rows = greedy.rows
         self._log(
-            {"rl/val_acc": result["val_acc"], "rl/val_pass@1": result["val_pass@1"],
-             "rl/val_no_answer_frac": result["no_answer_frac"], "perf/eval_s": result["eval_s"]},
+            {
+                "rl/val_acc": result["val_acc"],
+                "rl/val_pass@1": result["val_pass@1"],
+                "rl/val_no_answer_frac": result["no_answer_frac"],
+                "perf/eval_s": result["eval_s"],
+            },
             step,
-        )  # fmt: skip
+        )
         if is_rank_zero():
             log.info(
                 f"step {step}: held-out val_acc {result['val_acc']:.3f}, val_pass@1 {result['val_pass@1']:.3f} "
@@ -291,25 +305,40 @@ class GRPOModule(pl.LightningModule):
                 row = i * g + j
                 self.sample_rows.append(
                     {
-                        "step": step, "rank": global_rank(), "problem_id": problem.id, "prompt": problem.prompt,
-                        "completion": rollouts.texts[row], "answer": problem.answer,
-                        "reward": float(rollouts.rewards[i, j]), "advantage": float(rollouts.advantages[row]),
+                        "step": step,
+                        "rank": global_rank(),
+                        "problem_id": problem.id,
+                        "prompt": problem.prompt,
+                        "completion": rollouts.texts[row],
+                        "answer": problem.answer,
+                        "reward": float(rollouts.rewards[i, j]),
+                        "advantage": float(rollouts.advantages[row]),
                     }
-                )  # fmt: skip
+                )
 
     # ---- optimizer and resumable state --------------------------------------------------
     def configure_optimizers(self):
         """AdamW with a linear warm-up over ``rl.warmup_steps`` RL steps, then a constant learning rate
         (``min_lr_ratio=1``); the schedule counts optimizer steps."""
         per = self.updates_per_step
-        return adamw_warmup_cosine(self.model, self.rl.lr, self.rl.betas, self.rl.weight_decay,
-                                   self.rl.warmup_steps * per, self.rl.max_steps * per, min_lr_ratio=1.0)  # fmt: skip
+        return adamw_warmup_cosine(
+            self.model,
+            self.rl.lr,
+            self.rl.betas,
+            self.rl.weight_decay,
+            self.rl.warmup_steps * per,
+            self.rl.max_steps * per,
+            min_lr_ratio=1.0,
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["thinkflow_rl"] = {
-            "evals": self.evals, "samples": self.sample_rows, "rewards": self.guards.rewards,
-            "lengths": self.guards.lengths, "actors": self.source.state(),
-        }  # fmt: skip
+            "evals": self.evals,
+            "samples": self.sample_rows,
+            "rewards": self.guards.rewards,
+            "lengths": self.guards.lengths,
+            "actors": self.source.state(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("thinkflow_rl", {})

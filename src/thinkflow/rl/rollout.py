@@ -32,9 +32,12 @@ class RolloutBatch:
         """The rows ``rows`` (a minibatch), trimmed to their longest row."""
         width = int(self.attention_mask[rows].sum(dim=1).max())
         return RolloutBatch(
-            self.input_ids[rows, :width], self.attention_mask[rows, :width], self.loss_mask[rows, : width - 1],
-            self.old_logp[rows, : width - 1], self.prompt_index[rows],
-        )  # fmt: skip
+            self.input_ids[rows, :width],
+            self.attention_mask[rows, :width],
+            self.loss_mask[rows, : width - 1],
+            self.old_logp[rows, : width - 1],
+            self.prompt_index[rows],
+        )
 
     @property
     def completion_lengths(self) -> torch.Tensor:
@@ -137,9 +140,14 @@ def collect(
             rounds += 1
             extra = more_problems(len(problems) - len(kept))
             g2, r2, _ = _sample_groups(
-                engine, task, extra, group_size, replace(params, seed=params.seed + 7919 * rounds), reward_cfg,
+                engine,
+                task,
+                extra,
+                group_size,
+                replace(params, seed=params.seed + 7919 * rounds),
+                reward_cfg,
                 extra_reward,
-            )  # fmt: skip
+            )
             gen_tokens += sum(s.gen_tokens for g in g2 for s in g)
             kept += [
                 k for k, ok in zip(zip(extra, g2, r2, strict=True), informative_groups(r2).tolist(), strict=True) if ok

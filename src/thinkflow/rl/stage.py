@@ -19,24 +19,30 @@ import time
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from thinkflow import logs
-from thinkflow.checkpoints import CheckpointOnStop, save_hf, training_dirs
+from thinkflow.checkpoints import save_hf, training_dirs
 from thinkflow.config import ConfigError, PipelineConfig, RLConfig
-from thinkflow.distributed import full_parameters, is_rank_zero
-from thinkflow.distributed.strategy import build_strategy
+from thinkflow.distributed import is_rank_zero
 from thinkflow.envs import EnvTask, transcripts_markdown
 from thinkflow.models import load_checkpoint, n_params
 from thinkflow.registry import StageResult, StageSpec
 from thinkflow.rl.learner import GRPOModule
 from thinkflow.rl.sync import InProcessPolicy, VLLMPolicy
 from thinkflow.stages import StageContext, config_key, stage_work_dir, training_problems, upstream_checkpoint
-from thinkflow.tracking import flatten, write_json
+from thinkflow.tasks import Problem
+from thinkflow.tracking import flatten
+from thinkflow.training import build_trainer, export_hf
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from thinkflow.rl.actors import AsyncExperience
 
 log = logs.get("rl")
 
@@ -65,14 +71,19 @@ def rl_section(cfg: PipelineConfig, init: str) -> dict:
     """What identifies an RL result: its config, task, seed, world size and starting weights."""
     ident = f"{Path(init).resolve()}:{weights_digest(init)}"
     return {
-        "rl": cfg.rl.model_dump(), "task": cfg.task.model_dump(), "seed": cfg.seed,
-        "world_size": cfg.trainer.world_size, "strategy": cfg.trainer.strategy,
+        "rl": cfg.rl.model_dump(),
+        "task": cfg.task.model_dump(),
+        "seed": cfg.seed,
+        "world_size": cfg.trainer.world_size,
+        "strategy": cfg.trainer.strategy,
         "deepspeed": cfg.trainer.deepspeed.model_dump() if cfg.trainer.deepspeed else None,
         "init": config_key({"init": ident}),
-    }  # fmt: skip
+    }
 
 
-def _check_lengths(tokenizer, problems, model, max_new_tokens: int) -> None:
+def _check_lengths(
+    tokenizer: PreTrainedTokenizerBase, problems: list[Problem], model: PreTrainedModel, max_new_tokens: int
+) -> None:
     limit = model.config.max_position_embeddings
     longest = max(len(ids) for ids in tokenizer([p.prompt for p in problems]).input_ids)
     if longest + max_new_tokens > limit:
@@ -108,31 +119,41 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     updates = rc.ppo_epochs * rc.minibatches
 
     def export(step: int) -> None:  # HF checkpoint of the current policy (rank 0 writes)
-        with full_parameters(model):
-            if is_rank_zero():
-                save_hf(model, tokenizer, hf_dir)
-                write_json(hf_dir / "thinkflow.json", {"stage": "rl", "rl_step": step, "init_from": init})
+        export_hf(model, tokenizer, hf_dir, {"stage": "rl", "rl_step": step, "init_from": init})
 
     with ExitStack() as stack:
         policy = _policy(rc.backend, model, tokenizer, work, stack)
         source = _actors(cfg, init, train, work, stack) if rc.mode == "async" else None
         module = GRPOModule(
-            model, tokenizer, task, train, val, rc, cfg.seed, policy, tracker, run_id, ref_model=ref_model,
-            ckpt_hook=export, ckpt_dir=str(ckpt_dir), source=source,
-        )  # fmt: skip
-        trainer = pl.Trainer(
-            accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes,
-            strategy=build_strategy(tc, rc.grad_clip), precision=tc.precision,
-            max_steps=rc.max_steps * updates, logger=False, use_distributed_sampler=False,
-            callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=rc.ckpt_every * updates, save_last=True),
-                       CheckpointOnStop(ckpt_dir, "rl")],
-            enable_progress_bar=tc.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
-            limit_val_batches=0, default_root_dir=str(work),
-        )  # fmt: skip
+            model,
+            tokenizer,
+            task,
+            train_problems=train,
+            val_problems=val,
+            rl=rc,
+            seed=cfg.seed,
+            policy=policy,
+            tracker=tracker,
+            run_id=run_id,
+            ref_model=ref_model,
+            ckpt_hook=export,
+            ckpt_dir=str(ckpt_dir),
+            source=source,
+        )
+        trainer = build_trainer(
+            tc,
+            stage="rl",
+            work=work,
+            ckpt_dir=ckpt_dir,
+            ckpt_every=rc.ckpt_every * updates,
+            grad_clip=rc.grad_clip,
+            max_steps=rc.max_steps * updates,
+            use_distributed_sampler=False,
+            limit_val_batches=0,
+        )
         t0 = time.perf_counter()
         steps = DataLoader(range(rc.max_steps), batch_size=1)  # one item per RL step; prompts come from the step
-        trainer.fit(module, train_dataloaders=steps, ckpt_path=str(resume) if resume else None,
-                    weights_only=False)  # fmt: skip
+        trainer.fit(module, train_dataloaders=steps, ckpt_path=str(resume) if resume else None, weights_only=False)
         if not module.evals or module.evals[-1]["step"] != module.rl_step:
             module.evaluate(module.rl_step)  # resumed a finished run: score it
         if source is not None and is_rank_zero():  # the actors' final fault counters (restarts seen through)
@@ -142,7 +163,9 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     return _finish(cfg, ctx, module, work, hf_dir, wall)
 
 
-def _policy(backend: str, model, tokenizer, work: Path, stack: ExitStack):
+def _policy(
+    backend: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, work: Path, stack: ExitStack
+) -> InProcessPolicy | VLLMPolicy:
     if backend == "hf":
         return InProcessPolicy()
     from thinkflow.inference.vllm_server import VLLMEngine, VLLMServer
@@ -152,7 +175,7 @@ def _policy(backend: str, model, tokenizer, work: Path, stack: ExitStack):
     return VLLMPolicy(server, VLLMEngine(server.base_url, tokenizer, server=server), serve_dir)
 
 
-def _actors(cfg: PipelineConfig, init: str, train: list, work: Path, stack: ExitStack):
+def _actors(cfg: PipelineConfig, init: str, train: list[Problem], work: Path, stack: ExitStack) -> AsyncExperience:
     """rl.mode=async: Ray rollout actors starting from ``init`` (closed with the stage)."""
     from thinkflow.rl.actors import AsyncExperience
 
@@ -164,14 +187,22 @@ def _actors(cfg: PipelineConfig, init: str, train: list, work: Path, stack: Exit
     return source
 
 
-def _finish(cfg: PipelineConfig, ctx: StageContext, module: GRPOModule, work: Path, hf_dir: Path, wall: float):
+def _finish(
+    cfg: PipelineConfig, ctx: StageContext, module: GRPOModule, work: Path, hf_dir: Path, wall: float
+) -> StageResult:
     first, last = module.evals[0], module.evals[-1]
     gain = last["val_pass@1"] - first["val_pass@1"]
     metrics = {
-        "steps": module.rl_step, "val_acc": last["val_acc"], "val_pass@1": last["val_pass@1"],
-        "val_acc_start": first["val_acc"], "val_pass@1_start": first["val_pass@1"], "gain_pass@1": gain,
-        "n_val": last["n_val"], "eval_samples": last["eval_samples"], "wall_s": wall,
-    }  # fmt: skip
+        "steps": module.rl_step,
+        "val_acc": last["val_acc"],
+        "val_pass@1": last["val_pass@1"],
+        "val_acc_start": first["val_acc"],
+        "val_pass@1_start": first["val_pass@1"],
+        "gain_pass@1": gain,
+        "n_val": last["n_val"],
+        "eval_samples": last["eval_samples"],
+        "wall_s": wall,
+    }
     result = StageResult(stage="rl", run_id=ctx.run_id, checkpoint=str(hf_dir), metrics=metrics)
     if not is_rank_zero():
         return result

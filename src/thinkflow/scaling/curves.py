@@ -91,9 +91,14 @@ def problem_compute(table: pd.DataFrame, flop_model: FlopModel, gen_wall_s: floa
 
 
 def curve_points(
-    checkpoint: str, curves: dict[str, np.ndarray], compute: pd.DataFrame, ks: list[int], n_samples: int,
-    resamples: int = 1000, seed: int = 0,
-) -> pd.DataFrame:  # fmt: skip
+    checkpoint: str,
+    curves: dict[str, np.ndarray],
+    compute: pd.DataFrame,
+    ks: list[int],
+    n_samples: int,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """One row per (strategy, k): accuracy, bootstrap 95% CI, and mean compute per problem."""
     names = list(curves)
     lo, hi = bootstrap_cis(np.concatenate([curves[n] for n in names], axis=1), resamples, seed)  # (S*K,)
@@ -107,10 +112,18 @@ def curve_points(
             col = a * len(ks) + j
             rows.append(
                 {
-                    "checkpoint": checkpoint, "strategy": name, "k": k, "accuracy": float(values[:, j].mean()),
-                    "ci_low": float(lo[col]), "ci_high": float(hi[col]), "n_problems": len(values),
-                    "n_samples": n_samples, "gen_tokens": float(k * compute["gen_tokens"].mean()),
-                    "flops": float(flops.mean()), "wall_s": float(k * compute["sample_wall_s"].mean()),
-                } | {c: float(k * compute[c].mean()) for c in ("tool_calls", "env_s") if c in compute}
-            )  # fmt: skip
+                    "checkpoint": checkpoint,
+                    "strategy": name,
+                    "k": k,
+                    "accuracy": float(values[:, j].mean()),
+                    "ci_low": float(lo[col]),
+                    "ci_high": float(hi[col]),
+                    "n_problems": len(values),
+                    "n_samples": n_samples,
+                    "gen_tokens": float(k * compute["gen_tokens"].mean()),
+                    "flops": float(flops.mean()),
+                    "wall_s": float(k * compute["sample_wall_s"].mean()),
+                }
+                | {c: float(k * compute[c].mean()) for c in ("tool_calls", "env_s") if c in compute}
+            )
     return pd.DataFrame(rows)

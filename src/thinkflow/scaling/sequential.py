@@ -11,14 +11,34 @@ from thinkflow.models.flops import FlopModel
 from thinkflow.scaling.estimators import bootstrap_ci
 from thinkflow.tasks import Problem, Task
 
-BUDGET_COLUMNS = ("checkpoint", "strategy", "knob", "accuracy", "ci_low", "ci_high", "n_problems", "n_samples",
-                  "thinking_tokens", "gen_tokens", "flops", "extensions")  # fmt: skip
+BUDGET_COLUMNS = (
+    "checkpoint",
+    "strategy",
+    "knob",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "n_problems",
+    "n_samples",
+    "thinking_tokens",
+    "gen_tokens",
+    "flops",
+    "extensions",
+)
 
 
 def budget_points(
-    engine, task: Task, problems: list[Problem], checkpoint: str, flop_model: FlopModel, max_new_tokens: int,
-    budgets: list[int], wait_min_think: list[int], resamples: int = 1000, answer_tokens: int = 8,
-) -> pd.DataFrame:  # fmt: skip
+    engine,
+    task: Task,
+    problems: list[Problem],
+    checkpoint: str,
+    flop_model: FlopModel,
+    max_new_tokens: int,
+    budgets: list[int],
+    wait_min_think: list[int],
+    resamples: int = 1000,
+    answer_tokens: int = 8,
+) -> pd.DataFrame:
     """Greedy accuracy at each thinking budget (cut at B tokens, answer forced) and each minimum
     thinking length (end of thinking suppressed, "Wait" appended), with tokens and FLOPs."""
     prompts = [p.prompt for p in problems]
@@ -37,11 +57,18 @@ def budget_points(
         flops = [flop_model.sequence(t, s.total_tokens) for t, s in zip(prompt_tokens, samples, strict=True)]
         rows.append(
             {
-                "checkpoint": checkpoint, "strategy": strategy, "knob": knob, "accuracy": float(correct.mean()),
-                "ci_low": lo, "ci_high": hi, "n_problems": len(problems), "n_samples": 1,
+                "checkpoint": checkpoint,
+                "strategy": strategy,
+                "knob": knob,
+                "accuracy": float(correct.mean()),
+                "ci_low": lo,
+                "ci_high": hi,
+                "n_problems": len(problems),
+                "n_samples": 1,
                 "thinking_tokens": float(np.mean([s.thinking_tokens for s in samples])),
-                "gen_tokens": float(np.mean([s.total_tokens for s in samples])), "flops": float(np.mean(flops)),
+                "gen_tokens": float(np.mean([s.total_tokens for s in samples])),
+                "flops": float(np.mean(flops)),
                 "extensions": float(np.mean([s.extensions for s in samples])),
             }
-        )  # fmt: skip
+        )
     return pd.DataFrame(rows, columns=list(BUDGET_COLUMNS))

@@ -37,13 +37,22 @@ def sample_rows(task: Task, problems: list[Problem], groups: list[list[Sample]])
             correct, reward = sample_verdict(task, problem, s)
             rows.append(
                 {
-                    "problem_id": problem.id, "sample": j, "text": s.text, "prompt_tokens": s.prompt_tokens,
-                    "gen_tokens": s.gen_tokens, "answer": answer, "has_answer": answer is not None,
-                    "correct": bool(answer is not None and correct), "reward": reward,
-                    "logprob_sum": lp, "logprob_mean": lp / max(1, s.gen_tokens),
+                    "problem_id": problem.id,
+                    "sample": j,
+                    "text": s.text,
+                    "prompt_tokens": s.prompt_tokens,
+                    "gen_tokens": s.gen_tokens,
+                    "answer": answer,
+                    "has_answer": answer is not None,
+                    "correct": bool(answer is not None and correct),
+                    "reward": reward,
+                    "logprob_sum": lp,
+                    "logprob_mean": lp / max(1, s.gen_tokens),
                     "logprob_min": min(s.logprobs, default=0.0),
-                } | (_episode_columns(s) if s.env is not None else {}) | _answer_columns(task, problem, s)
-            )  # fmt: skip
+                }
+                | (_episode_columns(s) if s.env is not None else {})
+                | _answer_columns(task, problem, s)
+            )
     return pd.DataFrame(rows)
 
 
@@ -64,7 +73,12 @@ def _answer_columns(task: Task, problem: Problem, s: Sample) -> dict:
 
 def _episode_columns(s: Sample) -> dict:
     e = s.env
-    return {"episode_tokens": len(s.token_ids) or s.gen_tokens, "turns": e["turns"], "tool_calls": e["tool_calls"],
-            "grounded_calls": e["grounded_calls"],
-            "invalid_actions": e["invalid_actions"], "sandbox_violations": e["sandbox_violations"],
-            "env_s": e["step_seconds"]}  # fmt: skip
+    return {
+        "episode_tokens": len(s.token_ids) or s.gen_tokens,
+        "turns": e["turns"],
+        "tool_calls": e["tool_calls"],
+        "grounded_calls": e["grounded_calls"],
+        "invalid_actions": e["invalid_actions"],
+        "sandbox_violations": e["sandbox_violations"],
+        "env_s": e["step_seconds"],
+    }

@@ -237,15 +237,23 @@ class Tracker:
             owner = dict(key)
             if not liveness.is_gone(owner):
                 continue
-            why = (f"the process running it (pid {owner['pid']} on {owner['host']}) ended without closing it "
-                   "(killed with SIGKILL, out of memory, or the machine went down); marked FAILED when the next "
-                   "pipeline started")  # fmt: skip
+            why = (
+                f"the process running it (pid {owner['pid']} on {owner['host']}) ended without closing it "
+                "(killed with SIGKILL, out of memory, or the machine went down); marked FAILED when the next "
+                "pipeline started"
+            )
             for run_id in run_ids:
                 self.client.set_tag(run_id, GONE_TAG, why)
                 self.client.set_terminated(run_id, status="FAILED")
             failed += run_ids
-            log.info("marked %d run%s of a process that is gone (pid %s on %s) FAILED: %s", len(run_ids),
-                     "s" * (len(run_ids) > 1), owner["pid"], owner["host"], ", ".join(run_ids))  # fmt: skip
+            log.info(
+                "marked %d run%s of a process that is gone (pid %s on %s) FAILED: %s",
+                len(run_ids),
+                "s" * (len(run_ids) > 1),
+                owner["pid"],
+                owner["host"],
+                ", ".join(run_ids),
+            )
         return failed
 
     def _raise_if_down(self, err: BaseException, during: str) -> None:

@@ -45,9 +45,13 @@ def compute_optimal(
             choice.append(f"{best[1]}@{best[2]}")
         base = [curves[baseline][:, j].mean() for j in range(len(ks)) if flops[baseline][:, j].mean() <= budget]
         rows.append(
-            {"budget_flops": budget, "optimal_accuracy": acc, "baseline_accuracy": max(base) if base else 0.0,
-             "choice_by_bin": " ".join(choice)}
-        )  # fmt: skip
+            {
+                "budget_flops": budget,
+                "optimal_accuracy": acc,
+                "baseline_accuracy": max(base) if base else 0.0,
+                "choice_by_bin": " ".join(choice),
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -39,8 +39,13 @@ def accuracy_vs(points: pd.DataFrame, x: str, path: Path, title: str) -> Path:
         ax.plot(g[x], g["accuracy"], lines[ckpt], color=colour, marker="o", ms=3, label=f"{ckpt}: {strategy}")
         ax.fill_between(g[x], g["ci_low"], g["ci_high"], color=colour, alpha=0.12)
     ax.set_xscale("log", base=2 if x == "k" else 10)
-    ax.set_xlabel({"k": "samples per problem (k)", "flops": "inference FLOPs per problem",
-                   "gen_tokens": "generated tokens per problem"}[x])  # fmt: skip
+    ax.set_xlabel(
+        {
+            "k": "samples per problem (k)",
+            "flops": "inference FLOPs per problem",
+            "gen_tokens": "generated tokens per problem",
+        }[x]
+    )
     ax.set_ylabel("held-out accuracy")
     ax.set_title(f"{title}\n{_counts(points)}", fontsize=10)
     ax.grid(alpha=0.3)
@@ -62,8 +67,9 @@ def budget_plot(points: pd.DataFrame, path: Path) -> Path:
         ax.fill_between(g["thinking_tokens"], g["ci_low"], g["ci_high"], color=colour, alpha=0.12)
     ax.set_xlabel("thinking tokens per problem (mean)")
     ax.set_ylabel("held-out accuracy (greedy)")
-    ax.set_title(f"Sequential test-time compute\n{int(points['n_problems'].iloc[0])} problems, 95% bootstrap CI",
-                 fontsize=10)  # fmt: skip
+    ax.set_title(
+        f"Sequential test-time compute\n{int(points['n_problems'].iloc[0])} problems, 95% bootstrap CI", fontsize=10
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

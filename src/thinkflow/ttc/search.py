@@ -28,8 +28,16 @@ def _prm(task: Task, text: str, problem: Problem) -> float:
     return float(all(steps)) if steps else 1.0
 
 
-def beam_search(engine, task: Task, problems: list[Problem], width: int, expand: int, max_steps: int,
-                step_tokens: int, seed: int = 0) -> tuple[list[str], list[int], list[float]]:  # fmt: skip
+def beam_search(
+    engine,
+    task: Task,
+    problems: list[Problem],
+    width: int,
+    expand: int,
+    max_steps: int,
+    step_tokens: int,
+    seed: int = 0,
+) -> tuple[list[str], list[int], list[float]]:
     """Per problem: the final completion, tokens generated, and each engine call's (prefix, samples' tokens)."""
     beams = [[("", 0.0)] for _ in problems]  # (partial completion, log-prob) per beam
     done: list[list[tuple[str, float]]] = [[] for _ in problems]
@@ -59,23 +67,39 @@ def beam_search(engine, task: Task, problems: list[Problem], width: int, expand:
 
 
 def search_points(
-    engine, task: Task, problems: list[Problem], checkpoint: str, flop_model: FlopModel, widths: list[int],
-    expand: int, max_steps: int, step_tokens: int, resamples: int = 1000,
-) -> pd.DataFrame:  # fmt: skip
+    engine,
+    task: Task,
+    problems: list[Problem],
+    checkpoint: str,
+    flop_model: FlopModel,
+    widths: list[int],
+    expand: int,
+    max_steps: int,
+    step_tokens: int,
+    resamples: int = 1000,
+) -> pd.DataFrame:
     rows = []
     for width in widths:
         finals, tokens, calls = beam_search(engine, task, problems, width, expand, max_steps, step_tokens)
         correct = np.array([task.verify(t, p) for t, p in zip(finals, problems, strict=True)], dtype=float)
         lo, hi = bootstrap_ci(correct, resamples)
         # each call prefills its prefix once (shared by its samples), then decodes every sample
-        flops = [sum(flop_model.tokens(1, pt) + sum(flop_model.tokens(pt + 1, g) for g in gs) for pt, gs in c)
-                 for c in calls]  # fmt: skip
+        flops = [
+            sum(flop_model.tokens(1, pt) + sum(flop_model.tokens(pt + 1, g) for g in gs) for pt, gs in c) for c in calls
+        ]
         rows.append(
             {
-                "checkpoint": checkpoint, "strategy": "beam_oracle_prm", "knob": width, "accuracy": float(correct.mean()),
-                "ci_low": lo, "ci_high": hi, "n_problems": len(problems), "n_samples": width * expand,
-                "gen_tokens": float(np.mean(tokens)), "thinking_tokens": float(np.mean(tokens)),
+                "checkpoint": checkpoint,
+                "strategy": "beam_oracle_prm",
+                "knob": width,
+                "accuracy": float(correct.mean()),
+                "ci_low": lo,
+                "ci_high": hi,
+                "n_problems": len(problems),
+                "n_samples": width * expand,
+                "gen_tokens": float(np.mean(tokens)),
+                "thinking_tokens": float(np.mean(tokens)),
                 "flops": float(np.mean(flops)),
             }
-        )  # fmt: skip
+        )
     return pd.DataFrame(rows)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,9 +32,14 @@ from thinkflow.scaling.curves import VERIFIER_SCORED, curve_points, per_problem,
 from thinkflow.scaling.sequential import BUDGET_COLUMNS, budget_points
 from thinkflow.scaling.table import sample_table
 from thinkflow.stages import StageContext, config_key, stage_work_dir, upstream_checkpoint
+from thinkflow.tasks import Problem, Task
 from thinkflow.ttc.allocation import compute_optimal, compute_saving, difficulty_bins
 from thinkflow.ttc.plots import accuracy_vs, budget_plot
 from thinkflow.ttc.search import search_points, supports_search
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
 from thinkflow.ttc.verifier import LearnedVerifier, sample_stats
 
 log = logs.get("ttc")
@@ -68,10 +74,15 @@ def run_ttc(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     n_problems = tc.n_problems or cfg.task.n_test
     train, problems = task.splits(tc.verifier.train_problems, n_problems, seed=cfg.seed)
     ckpts = checkpoints_to_evaluate(cfg, ctx.upstream)
-    work = stage_work_dir(cfg, "ttc", {"ttc": tc.model_dump(), "task": cfg.task.model_dump(),
-                                            "ckpts": config_key(ckpts), "seed": cfg.seed})  # fmt: skip
-    ctx.tracker.log_params(ctx.run_id, {f"ttc.{k}": str(v) for k, v in tc.model_dump().items()} |
-                           {f"checkpoint.{n}": p for n, p in ckpts.items()})  # fmt: skip
+    work = stage_work_dir(
+        cfg,
+        "ttc",
+        {"ttc": tc.model_dump(), "task": cfg.task.model_dump(), "ckpts": config_key(ckpts), "seed": cfg.seed},
+    )
+    ctx.tracker.log_params(
+        ctx.run_id,
+        {f"ttc.{k}": str(v) for k, v in tc.model_dump().items()} | {f"checkpoint.{n}": p for n, p in ckpts.items()},
+    )
     t0 = time.perf_counter()
     points, budgets, tables, summaries = [], [], {}, {}
     for name, path in ckpts.items():
@@ -84,7 +95,16 @@ def run_ttc(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     return _finish(cfg, ctx, work, points, budgets, summaries, wall)
 
 
-def _evaluate(cfg, ctx, task, train, problems, name, path, work):
+def _evaluate(
+    cfg: PipelineConfig,
+    ctx: StageContext,
+    task: Task,
+    train: list[Problem],
+    problems: list[Problem],
+    name: str,
+    path: str,
+    work: Path,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     tc = cfg.ttc
     with open_engine(tc.backend, path) as engine:
         model = engine.model if hasattr(engine, "model") else None
@@ -104,12 +124,32 @@ def _evaluate(cfg, ctx, task, train, problems, name, path, work):
         if isinstance(task, EnvTask):  # thinking budgets and step search act on one completion, not episodes
             budgets = pd.DataFrame(columns=list(BUDGET_COLUMNS))
         else:
-            budgets = budget_points(engine, task, problems, name, flop_model, tc.max_new_tokens, tc.budgets,
-                                    tc.wait_min_think, tc.bootstrap, tc.answer_tokens)  # fmt: skip
+            budgets = budget_points(
+                engine,
+                task,
+                problems,
+                name,
+                flop_model,
+                tc.max_new_tokens,
+                tc.budgets,
+                tc.wait_min_think,
+                tc.bootstrap,
+                tc.answer_tokens,
+            )
         if tc.search.widths and supports_search(task) and not isinstance(task, EnvTask):
             sc = tc.search
-            search = search_points(engine, task, problems, name, flop_model, sc.widths, sc.expand, sc.max_steps,
-                                   sc.step_tokens, tc.bootstrap)  # fmt: skip
+            search = search_points(
+                engine,
+                task,
+                problems,
+                name,
+                flop_model,
+                sc.widths,
+                sc.expand,
+                sc.max_steps,
+                sc.step_tokens,
+                tc.bootstrap,
+            )
             budgets = pd.concat([budgets, search], ignore_index=True)
     log.info("%s: %d problems x %d samples in %.1f s; %s", name, len(problems), tc.n_max, gen_wall, verifier_note)
     t0 = time.perf_counter()
@@ -127,7 +167,7 @@ def _evaluate(cfg, ctx, task, train, problems, name, path, work):
 
 
 def score_all(
-    name: str, table: pd.DataFrame, flop_model: FlopModel, gen_wall: float, tc, levels: dict | None = None
+    name: str, table: pd.DataFrame, flop_model: FlopModel, gen_wall: float, tc: TTCConfig, levels: dict | None = None
 ) -> tuple:
     """Every curve and the compute-optimal allocation from one stored table (no generation). ``levels``
     (problem id -> a benchmark's own difficulty level, e.g. MATH-500's 1-5) are the allocation's bins;
@@ -138,12 +178,24 @@ def score_all(
     return points, _allocation(curves, compute, tc.ks, table, tc.difficulty_bins, levels)
 
 
-def _allocation(curves, compute, ks, table, bins, levels=None):
+def _allocation(
+    curves: dict, compute: pd.DataFrame, ks: list[int], table: pd.DataFrame, bins: int, levels: dict | None = None
+) -> dict:
     flops = {
-        s: np.stack([compute["prompt_flops"].to_numpy() + k * (compute["sample_flops"].to_numpy()
-                     + (compute["verify_flops"].to_numpy() if s in VERIFIER_SCORED else 0)) for k in ks], axis=1)
+        s: np.stack(
+            [
+                compute["prompt_flops"].to_numpy()
+                + k
+                * (
+                    compute["sample_flops"].to_numpy()
+                    + (compute["verify_flops"].to_numpy() if s in VERIFIER_SCORED else 0)
+                )
+                for k in ks
+            ],
+            axis=1,
+        )
         for s in curves
-    }  # fmt: skip
+    }
     rate = table.groupby("problem_id", sort=False)["correct"].mean()
     base = next(s for s in ("bon", "bon_logprob", "weighted_maj", "weighted_maj_logprob", "maj") if s in curves)
     budgets = sorted({float(flops[base][:, j].mean()) for j in range(len(ks))})
@@ -153,13 +205,21 @@ def _allocation(curves, compute, ks, table, bins, levels=None):
     return {"table": result, "baseline": base, "saving": compute_saving(result, best, at)}
 
 
-def _model_config(path: str):
+def _model_config(path: str) -> PretrainedConfig:
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(path)
 
 
-def _log_checkpoint(ctx, name, table, points, budgets, allocation, work: Path) -> None:
+def _log_checkpoint(
+    ctx: StageContext,
+    name: str,
+    table: pd.DataFrame,
+    points: pd.DataFrame,
+    budgets: pd.DataFrame,
+    allocation: dict,
+    work: Path,
+) -> None:
     tracker, run_id = ctx.tracker, ctx.run_id
     for _, r in points.iterrows():
         tracker.log_metrics(run_id, {f"ttc/{name}/{r.strategy}_at_k": r.accuracy}, step=int(r.k))
@@ -172,7 +232,7 @@ def _log_checkpoint(ctx, name, table, points, budgets, allocation, work: Path) -
     allocation["table"].to_csv(work / f"allocation_{name}.csv", index=False)
 
 
-def _log_answers(ctx, name: str, table: pd.DataFrame, problems, work: Path) -> str:
+def _log_answers(ctx: StageContext, name: str, table: pd.DataFrame, problems: list[Problem], work: Path) -> str:
     """Benchmarks: pass@1 by level and subject (``ttc/<ckpt>/level_3/pass_at_1``), the lenient-minus-strict
     answer gap, thinking vs answer tokens; returns the breakdown as markdown for the summary."""
     metrics = {}
@@ -191,7 +251,7 @@ def _log_answers(ctx, name: str, table: pd.DataFrame, problems, work: Path) -> s
     return "\n".join(breakdown_markdown(frame, f"{name}: pass@1"))
 
 
-def _log_answer_checks(ctx, name: str, task) -> None:
+def _log_answer_checks(ctx: StageContext, name: str, task: Task) -> None:
     """Benchmarks checked by math-verify (MATH-500): checks made, answers screened out as hostile and checks
     that hit their time bound (both counted wrong), so far in this process (the checker is the task's)."""
     if hasattr(task, "check_stats"):
@@ -199,46 +259,72 @@ def _log_answer_checks(ctx, name: str, task) -> None:
         ctx.tracker.log_metrics(ctx.run_id, stats)
 
 
-def _log_episodes(ctx, name: str, task, problems, table: pd.DataFrame, work: Path) -> None:
+def _log_episodes(
+    ctx: StageContext, name: str, task: Task, problems: list[Problem], table: pd.DataFrame, work: Path
+) -> None:
     """``ttc/<ckpt>/env/*``: tool calls, invalid actions, turns, sandbox violations and environment seconds
     per episode; the first sample of each problem as readable transcripts."""
     turns = max(1, int(table["turns"].sum()))
     calls, invalid = table["tool_calls"].sum(), table["invalid_actions"].sum()
-    ctx.tracker.log_metrics(ctx.run_id, {
-        f"ttc/{name}/env/tool_calls_per_episode": float(table["tool_calls"].mean()),
-        f"ttc/{name}/env/invalid_action_rate": float(invalid / turns),
-        f"ttc/{name}/env/well_formed_call_frac": float(calls / (calls + invalid)) if calls + invalid else 1.0,
-        f"ttc/{name}/env/grounded_call_frac": float(table["grounded_calls"].sum() / calls) if calls else 1.0,
-        f"ttc/{name}/env/turns": float(table["turns"].mean()),
-        f"ttc/{name}/env/sandbox_violations": float(table["sandbox_violations"].sum()),
-        f"ttc/{name}/env/step_seconds": float(table["env_s"].mean()),
-        f"ttc/{name}/env/seconds_total": float(table["env_s"].sum()),
-    })  # fmt: skip
+    ctx.tracker.log_metrics(
+        ctx.run_id,
+        {
+            f"ttc/{name}/env/tool_calls_per_episode": float(table["tool_calls"].mean()),
+            f"ttc/{name}/env/invalid_action_rate": float(invalid / turns),
+            f"ttc/{name}/env/well_formed_call_frac": float(calls / (calls + invalid)) if calls + invalid else 1.0,
+            f"ttc/{name}/env/grounded_call_frac": float(table["grounded_calls"].sum() / calls) if calls else 1.0,
+            f"ttc/{name}/env/turns": float(table["turns"].mean()),
+            f"ttc/{name}/env/sandbox_violations": float(table["sandbox_violations"].sum()),
+            f"ttc/{name}/env/step_seconds": float(table["env_s"].mean()),
+            f"ttc/{name}/env/seconds_total": float(table["env_s"].sum()),
+        },
+    )
     prompts = {p.id: p.prompt for p in problems}
     first = table[table["sample"] == 0]
-    rows = [{"prompt": prompts[r.problem_id], "completion": r.text, "reward": float(r.reward), "turns": int(r.turns),
-             "tool_calls": int(r.tool_calls), "invalid": int(r.invalid_actions)} for r in first.itertuples()]  # fmt: skip
+    rows = [
+        {
+            "prompt": prompts[r.problem_id],
+            "completion": r.text,
+            "reward": float(r.reward),
+            "turns": int(r.turns),
+            "tool_calls": int(r.tool_calls),
+            "invalid": int(r.invalid_actions),
+        }
+        for r in first.itertuples()
+    ]
     (work / f"transcripts_{name}.md").write_text(
         transcripts_markdown(f"{task.name}: {name}, sample 0 per problem", rows)
     )
 
 
-def _summary(points, budgets, allocation, gen_wall, scoring_s) -> dict:
+def _summary(points: pd.DataFrame, budgets: pd.DataFrame, allocation: dict, gen_wall: float, scoring_s: float) -> dict:
     acc = {(r.strategy, int(r.k)): r for r in points.itertuples()}
     ks = sorted({int(k) for k in points.k})
     k16 = 16 if 16 in ks else ks[-1]
     return {
-        "pass_at_1": acc[("pass", 1)].accuracy, f"maj_at_{k16}": acc[("maj", k16)].accuracy,
-        "maj_k": k16, "maj_ci": (acc[("maj", k16)].ci_low, acc[("maj", k16)].ci_high),
+        "pass_at_1": acc[("pass", 1)].accuracy,
+        f"maj_at_{k16}": acc[("maj", k16)].accuracy,
+        "maj_k": k16,
+        "maj_ci": (acc[("maj", k16)].ci_low, acc[("maj", k16)].ci_high),
         "pass_at_1_ci": (acc[("pass", 1)].ci_low, acc[("pass", 1)].ci_high),
         f"pass_at_{ks[-1]}": acc[("pass", ks[-1])].accuracy,
-        "generation_s": gen_wall, "scoring_s": scoring_s,
-        "compute_saving": allocation["saving"], "baseline": allocation["baseline"],
+        "generation_s": gen_wall,
+        "scoring_s": scoring_s,
+        "compute_saving": allocation["saving"],
+        "baseline": allocation["baseline"],
         "best_budget_acc": float(budgets.accuracy.max()) if len(budgets) else float("nan"),
-    }  # fmt: skip
+    }
 
 
-def _finish(cfg, ctx, work, points, budgets, summaries, wall) -> StageResult:
+def _finish(
+    cfg: PipelineConfig,
+    ctx: StageContext,
+    work: Path,
+    points: pd.DataFrame,
+    budgets: pd.DataFrame,
+    summaries: dict,
+    wall: float,
+) -> StageResult:
     tracker, run_id = ctx.tracker, ctx.run_id
     points.to_csv(work / "points.csv", index=False)
     budgets.to_csv(work / "budget_points.csv", index=False)
@@ -261,8 +347,14 @@ def _finish(cfg, ctx, work, points, budgets, summaries, wall) -> StageResult:
         "maj_gain": s[f"maj_at_{k}"] - s["pass_at_1"],
     }
     tracker.log_metrics(run_id, {"ttc/wall_s": wall} | {f"ttc/{last}/maj_gain": headline["maj_gain"]})
-    return StageResult(stage="ttc", run_id=run_id, table=str(work / "points.csv"), summary_md=markdown,
-                       metrics=headline | {"wall_s": wall}, details={"summaries": summaries})  # fmt: skip
+    return StageResult(
+        stage="ttc",
+        run_id=run_id,
+        table=str(work / "points.csv"),
+        summary_md=markdown,
+        metrics=headline | {"wall_s": wall},
+        details={"summaries": summaries},
+    )
 
 
 STAGE = StageSpec(
@@ -282,8 +374,7 @@ def summary_markdown(points: pd.DataFrame, budgets: pd.DataFrame, summaries: dic
     n_p, n_s = int(points.n_problems.iloc[0]), int(points.n_samples.iloc[0])
     lines = [f"# Test-time compute: {n_p} held-out problems x {n_s} samples (95% bootstrap CIs)", ""]
     ks = sorted({int(k) for k in points.k})
-    lines += ["| checkpoint | strategy | " + " | ".join(f"k={k}" for k in ks) + " |",
-              "|---|---|" + "---:|" * len(ks)]  # fmt: skip
+    lines += ["| checkpoint | strategy | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|---|" + "---:|" * len(ks)]
     for (ckpt, strategy), g in points.groupby(["checkpoint", "strategy"], sort=False):
         cells = [f"{r.accuracy:.3f} [{r.ci_low:.2f}, {r.ci_high:.2f}]" for r in g.sort_values("k").itertuples()]
         lines.append(f"| {ckpt} | {strategy} | " + " | ".join(cells) + " |")
@@ -293,8 +384,10 @@ def summary_markdown(points: pd.DataFrame, budgets: pd.DataFrame, summaries: dic
         "|---|---|---:|---:|---:|",
     ]
     for r in budgets.itertuples():
-        lines.append(f"| {r.checkpoint} | {r.strategy} | {r.knob} | {r.thinking_tokens:.1f} | "
-                     f"{r.accuracy:.3f} [{r.ci_low:.2f}, {r.ci_high:.2f}] |")  # fmt: skip
+        lines.append(
+            f"| {r.checkpoint} | {r.strategy} | {r.knob} | {r.thinking_tokens:.1f} | "
+            f"{r.accuracy:.3f} [{r.ci_low:.2f}, {r.ci_high:.2f}] |"
+        )
     lines.append("")
     lines += [s["breakdown_md"] + "\n" for s in summaries.values() if s.get("breakdown_md")]
     for ckpt, s in summaries.items():

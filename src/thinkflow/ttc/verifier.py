@@ -50,9 +50,11 @@ class LearnedVerifier:
         flat = [(p, s) for p, g in zip(problems, groups, strict=True) for s in g]
         labels = torch.tensor([float(sample_verdict(task, p, s)[0]) for p, s in flat])
         stats = sample_stats(
-            [sum(s.logprobs) / max(1, s.gen_tokens) for _, s in flat], [min(s.logprobs, default=0.0) for _, s in flat],
-            [s.gen_tokens for _, s in flat], [task.extract_answer(s.text) is not None for _, s in flat],
-        )  # fmt: skip
+            [sum(s.logprobs) / max(1, s.gen_tokens) for _, s in flat],
+            [min(s.logprobs, default=0.0) for _, s in flat],
+            [s.gen_tokens for _, s in flat],
+            [task.extract_answer(s.text) is not None for _, s in flat],
+        )
         feats = completion_features(self.model, self.tokenizer, [p.prompt for p, _ in flat], [s.text for _, s in flat])
         feats = torch.cat([feats, stats], dim=1)
         self.mu, self.sd = feats.mean(0), feats.std(0) + 1e-6
