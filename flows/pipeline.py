@@ -11,7 +11,6 @@ the Prefect UI can pass it too. Stages pass paths and run ids, not objects.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
@@ -60,9 +59,13 @@ quiet.silence()  # third-party noise that tells a user nothing (thinkflow.quiet)
 STAGE_CACHE = (INPUTS - "config" - "parent_run_id" - "upstream") + TASK_SOURCE
 
 
-@functools.cache
+_STAGE_TASKS: dict = {}  # stage name -> its Prefect task (a plain dict: joblib sweep jobs pickle this module's functions)
+
+
 def stage_task(name: str):
     """The Prefect task running one stage (one per registered stage, made on first use)."""
+    if name in _STAGE_TASKS:
+        return _STAGE_TASKS[name]
 
     # log_prints off inside stages: dill (used by HF datasets for fingerprints) captures
     # stdout to disassemble functions, and Prefect's print capture floods the log with it.
@@ -73,6 +76,7 @@ def stage_task(name: str):
             create_markdown_artifact(markdown=result.summary_md, key=f"{name.replace('_', '-')}-summary")
         return result.model_copy(update={"summary_md": None, "identity_key": identity_key(identity)})
 
+    _STAGE_TASKS[name] = _run
     return _run
 
 

@@ -27,6 +27,20 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Dropout off in every module (``p = 0``; returns how many had it on). For RL: the policy's log-probs in the
+    importance ratio and the KL must be those of the policy that sampled, not of a random sub-network (GPT-2's
+    configs, for one, ship 0.1 dropout)."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p > 0:
+            module.p, changed = 0.0, changed + 1
+        rate = getattr(module, "attention_dropout", None)  # attention kernels take it as a float (Llama, Qwen, ...)
+        if isinstance(rate, float) and rate > 0:
+            module.attention_dropout, changed = 0.0, changed + 1
+    return changed
+
+
 def adamw_warmup_cosine(
     model: torch.nn.Module,
     lr: float,

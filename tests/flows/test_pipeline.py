@@ -228,7 +228,7 @@ def test_pipeline_on_two_processes_with_zero3(tmp_path, prefect_server):
     assert [m.step for m in client.get_metric_history(rl.info.run_id, "rl/loss")] == [1, 2, 3, 4]
     assert result["rl"].metrics["n_val"] == config["task"]["n_test"]
     for stage in ("pretrain", "rl"):  # whole (gathered) weights in the HF exports
-        model, _ = load_checkpoint(result[stage]["checkpoint"])
+        model, _ = load_checkpoint(result[stage].checkpoint)
         assert all(p.numel() > 0 for p in model.parameters())
     launch_logs = list((tmp_path / "mlruns" / "work" / "launch").glob("*/launch.log"))
     assert len(launch_logs) == 2

@@ -50,11 +50,11 @@ def _run_pretrain(config: dict) -> dict:
 def test_pretraining_is_seeded_and_reproducible(tmp_path):
     a = _run_pretrain(compose(root=tmp_path / "a"))
     b = _run_pretrain(compose(root=tmp_path / "b"))
-    wa, wb = load_file(f"{a['checkpoint']}/model.safetensors"), load_file(f"{b['checkpoint']}/model.safetensors")
+    wa, wb = load_file(f"{a.checkpoint}/model.safetensors"), load_file(f"{b.checkpoint}/model.safetensors")
     assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
-    assert a["val_acc"] == b["val_acc"] and a["steps"] == 20
+    assert a.metrics["val_acc"] == b.metrics["val_acc"] and a.metrics["steps"] == 20
     # what reads the checkpoint without running the stage (benchmarks) looks where the stage exported it
-    assert pretrained_checkpoint(validate(compose(root=tmp_path / "a"))) == Path(a["checkpoint"])
+    assert pretrained_checkpoint(validate(compose(root=tmp_path / "a"))) == Path(a.checkpoint)
 
 
 def test_corrupt_resume_checkpoint_is_refused_and_kept(tmp_path):

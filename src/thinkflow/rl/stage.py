@@ -37,7 +37,7 @@ from thinkflow.rl.sync import InProcessPolicy, VLLMPolicy
 from thinkflow.stages import StageContext, config_key, stage_work_dir, training_problems, upstream_checkpoint
 from thinkflow.tasks import Problem
 from thinkflow.tracking import flatten
-from thinkflow.training import build_trainer, export_hf
+from thinkflow.training import build_trainer, disable_dropout, export_hf
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -103,6 +103,7 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     init = starting_checkpoint(cfg, ctx.upstream)
     model, tokenizer = load_checkpoint(init)
+    disable_dropout(model)  # the ratio and the KL compare the policy that sampled, not a random sub-network
     model.train()
     task = cfg.task.build()
     n_pool = rc.max_steps * rc.prompts_per_step * tc.world_size * (1 + rc.max_refill)
