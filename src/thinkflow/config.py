@@ -275,7 +275,7 @@ class SearchConfig(_Strict):
 
 
 class TTCConfig(_Strict):
-    checkpoints: list[Literal["pretrain", "rl"]]  # upstream stages to evaluate
+    checkpoints: list[Literal["pretrain", "sft", "rl"]]  # upstream stages to evaluate
     init_from: str | None  # or evaluate this HF checkpoint (named "init") instead
     n_max: int = Field(ge=1)  # samples drawn once per problem
     ks: list[int]
@@ -310,7 +310,7 @@ class ContestantConfig(_Strict):
     """One model in the ``compare`` stage (see ``thinkflow.compare.contestants``)."""
 
     kind: Literal["thinkflow", "hf", "gguf", "openai"]
-    stage: Literal["pretrain", "rl"] | None = None  # thinkflow: the checkpoint of that stage (of ``run`` if set)
+    stage: Literal["pretrain", "sft", "rl"] | None = None  # thinkflow: the checkpoint of that stage (of ``run`` if set)
     run: str | None = None  # thinkflow: an earlier run's MLflow id (pipeline or stage run), or "latest"
     run_filter: str | None = None  # with run=latest: MLflow filter on pipeline runs, e.g. params.`model.name` = 'small'
     model: str | None = None  # hf: local dir or hub id; gguf: .gguf file or dir; openai: model name

@@ -359,5 +359,5 @@ STAGE = StageSpec(
     config=CompareConfig,
     order=40,
     inputs=("task", "seed"),
-    upstream=("pretrain", "rl"),
+    upstream=("pretrain", "sft", "rl"),
 )

@@ -19,8 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-CATEGORY = {("pretrain", "train"): "pretraining", ("rl", "rollout"): "RL rollouts", ("rl", "learn"): "RL learning"}
-CATEGORIES = ["pretraining", "RL rollouts", "RL learning", "evaluation"]
+CATEGORY = {
+    ("pretrain", "train"): "pretraining",
+    ("sft", "train"): "SFT",
+    ("sft", "rollout"): "SFT",  # sampling the teacher and self traces it trains on
+    ("rl", "rollout"): "RL rollouts",
+    ("rl", "learn"): "RL learning",
+}
+CATEGORIES = ["pretraining", "SFT", "RL rollouts", "RL learning", "evaluation"]
 
 
 def category(stage: str, phase: str) -> str:
@@ -123,7 +129,7 @@ def share_plot(table: pd.DataFrame, path: Path) -> Path:
     """Stacked bars: the share of FLOPs and of wall seconds by what they were spent on."""
     fig, ax = plt.subplots(figsize=(9, 3.2))
     cats = [*CATEGORIES, "other"]
-    colors = dict(zip(cats, ["#4c72b0", "#dd8452", "#c44e52", "#55a868", "#b0b0b0"], strict=True))
+    colors = dict(zip(cats, ["#4c72b0", "#8172b3", "#dd8452", "#c44e52", "#55a868", "#b0b0b0"], strict=True))
     for y, col in enumerate(("flops", "wall_s")):
         by = table.groupby("category")[col].sum()
         total, left = max(by.sum(), 1e-12), 0.0

@@ -48,9 +48,10 @@ log = logs.get("rl")
 
 
 def starting_checkpoint(cfg: PipelineConfig, upstream: dict[str, StageResult]) -> str:
-    init = cfg.rl.init_from or upstream_checkpoint(upstream, "pretrain")
+    """``rl.init_from``, else the sft result when sft ran, else the pretrain result."""
+    init = cfg.rl.init_from or upstream_checkpoint(upstream, "sft") or upstream_checkpoint(upstream, "pretrain")
     if not init:
-        raise ConfigError("rl: no starting checkpoint (no pretrain result upstream and rl.init_from is not set)")
+        raise ConfigError("rl: no starting checkpoint (no sft or pretrain result upstream and rl.init_from is not set)")
     if not (Path(init) / "config.json").exists():
         raise ConfigError(f"rl: starting checkpoint {init} is missing (no config.json there)")
     return str(init)
@@ -233,8 +234,8 @@ def _finish(
 
 def check_config(cfg: PipelineConfig) -> None:
     """What the rl section needs from the rest of the config."""
-    if cfg.pretrain is None and not cfg.rl.init_from:
-        raise ValueError("rl needs a starting checkpoint: enable pretrain or set rl.init_from")
+    if cfg.pretrain is None and not cfg.enabled("sft") and not cfg.rl.init_from:
+        raise ValueError("rl needs a starting checkpoint: enable pretrain or sft, or set rl.init_from")
     if cfg.rl.mode == "async" and cfg.trainer.world_size > 1:
         raise ValueError("rl.mode=async runs one learner process with Ray actors; set trainer.devices=1")
     if cfg.rl.backend == "vllm" and cfg.trainer.world_size > 1:
@@ -247,7 +248,7 @@ STAGE = StageSpec(
     config=RLConfig,
     order=20,
     inputs=("task", "model", "trainer", "seed"),
-    upstream=("pretrain",),
+    upstream=("pretrain", "sft"),
     trains=True,
     headline=("val_acc", "val_pass@1"),
     check=check_config,
