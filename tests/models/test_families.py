@@ -12,6 +12,7 @@ from tests.conftest import compose
 from thinkflow.inference import HFEngine, SamplingParams
 from thinkflow.models import load_checkpoint
 from thinkflow.models.families import FAMILIES, write_tiny
+from thinkflow.models.flops import FlopModel
 from thinkflow.rl.rollout import build_batch, token_logprobs
 from thinkflow.runner import run_stage, start_pipeline_run
 from thinkflow.training import disable_dropout
@@ -69,6 +70,19 @@ def test_the_learner_loss_reaches_every_weight(family, checkpoints):
     (-(logp * batch.loss_mask * advantages).sum()).backward()
     still = [n for n, p in model.named_parameters() if p.ndim == 2 and (p.grad is None or not p.grad.abs().sum())]
     assert still == [], f"{family}: no gradient reaches {still}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_flop_model_counts_this_familys_matmul_weights(family, checkpoints):
+    """The compute ledger's analytic FLOPs per token (2 x matmul weights) match the weights this model multiplies
+    by: every 2-D weight except the embedding tables, plus the LM head (GPT-2: no KV heads, a two-matrix MLP)."""
+    model, _ = load_checkpoint(checkpoints[family])
+    tables = {model.get_input_embeddings().weight.data_ptr()} | {
+        m.weight.data_ptr() for m in model.modules() if isinstance(m, torch.nn.Embedding)
+    }
+    matmul = sum(p.numel() for p in model.parameters() if p.ndim == 2 and p.data_ptr() not in tables)
+    head = model.get_output_embeddings().weight.numel()  # tied to the input table: counted once, as a matmul here
+    assert FlopModel.from_config(model.config).matmul_params == matmul + head
 
 
 def test_the_chat_template_renders_a_conversation(checkpoints):

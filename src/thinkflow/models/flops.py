@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+UNGATED_MLP = {"gpt2", "gpt_neox", "gptj", "gpt_bigcode", "opt", "bloom", "falcon", "phi"}  # two MLP matrices
+
+
 @dataclass(frozen=True)
 class FlopModel:
     matmul_params: int  # weights used in matmuls per token, LM head included
@@ -20,10 +23,12 @@ class FlopModel:
     @classmethod
     def from_config(cls, config) -> FlopModel:
         d, layers = config.hidden_size, config.num_hidden_layers
-        heads, kv = config.num_attention_heads, config.num_key_value_heads
+        heads = config.num_attention_heads
+        kv = getattr(config, "num_key_value_heads", None) or heads  # MHA families have no such key
         head_dim = getattr(config, "head_dim", None) or d // heads
-        ff = config.intermediate_size
-        per_layer = d * heads * head_dim * 2 + d * kv * head_dim * 2 + 3 * d * ff  # q, o, k, v, gate/up/down
+        ff = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * d
+        mlp = 2 if config.model_type in UNGATED_MLP else 3  # up/down, or gate/up/down (SwiGLU, GeGLU)
+        per_layer = d * heads * head_dim * 2 + d * kv * head_dim * 2 + mlp * d * ff  # q, o, k, v, the MLP
         return cls(layers * per_layer + config.vocab_size * d, layers, heads * head_dim)
 
     def tokens(self, first_kv: int, count: int) -> float:
