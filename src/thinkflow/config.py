@@ -218,6 +218,21 @@ class ActorsConfig(_Strict):
         return self
 
 
+class LoRAConfig(_Strict):
+    """LoRA adapters (peft) on the policy's linear layers; only they train."""
+
+    r: int = Field(ge=1)  # rank
+    alpha: float = Field(gt=0)  # scale alpha / r
+    dropout: float = Field(ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"]  # leaf names of linear layers, e.g. [q_proj, v_proj]
+
+    @model_validator(mode="after")
+    def _targets(self) -> LoRAConfig:
+        if not self.target_modules:
+            raise ValueError("target_modules is empty: name the linear layers to adapt, or all-linear")
+        return self
+
+
 class RLConfig(_Strict):
     mode: Literal["sync", "async"]  # async: Ray rollout actors with a slightly stale policy
     actors: ActorsConfig
@@ -247,11 +262,16 @@ class RLConfig(_Strict):
     ckpt_every: int = Field(ge=1)
     guards: GuardConfig
     init_from: str | None  # HF checkpoint; null: the pretrain stage's checkpoint
+    lora: LoRAConfig | None  # null: full fine-tuning; else adapters only (the KL reference is the base model)
 
     @model_validator(mode="after")
     def _schedule(self) -> RLConfig:
         if self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps={self.warmup_steps} must be < max_steps={self.max_steps}")
+        if self.lora is not None and self.backend != "hf":
+            raise ValueError("rl.lora trains adapters the hf backend samples through; set rl.backend=hf")
+        if self.lora is not None and self.mode == "async":
+            raise ValueError("rl.lora with rl.mode=async is not supported (the actors load whole HF weights)")
         if self.mode == "async" and self.backend != "hf":
             raise ValueError("rl.mode=async runs each actor's own hf engine; set rl.backend=hf")
         if self.minibatches > self.prompts_per_step * self.group_size:

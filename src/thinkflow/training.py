@@ -14,6 +14,7 @@ from thinkflow.checkpoints import CheckpointOnStop, save_hf
 from thinkflow.config import TrainerConfig
 from thinkflow.distributed import full_parameters, is_rank_zero
 from thinkflow.distributed.strategy import build_strategy
+from thinkflow.models.lora import is_lora, merged_copy
 from thinkflow.tracking import write_json
 
 
@@ -54,7 +55,7 @@ def adamw_warmup_cosine(
     stepped every optimizer step: a ``LightningModule.configure_optimizers`` return value.
 
     ``min_lr_ratio=1.0`` is warm-up, then a constant learning rate (the cosine term vanishes exactly)."""
-    params = list(model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -104,9 +105,12 @@ def build_trainer(
 
 def export_hf(model, tokenizer, hf_dir: Path, meta: dict | None = None) -> None:
     """The HF-format checkpoint of ``model`` in ``hf_dir`` (and ``meta`` as ``thinkflow.json`` beside it). Every
-    rank calls it (ZeRO-3 gathers the full weights collectively); rank 0 writes."""
+    rank calls it (ZeRO-3 gathers the full weights collectively); rank 0 writes. A LoRA model is exported merged
+    (what later stages load as a plain model), with its adapters in ``hf_dir/adapter``."""
     with full_parameters(model):
         if is_rank_zero():
-            save_hf(model, tokenizer, hf_dir)
+            save_hf(merged_copy(model) if is_lora(model) else model, tokenizer, hf_dir)
+            if is_lora(model):
+                model.save_pretrained(Path(hf_dir) / "adapter")
             if meta is not None:
                 write_json(Path(hf_dir) / "thinkflow.json", meta)

@@ -12,9 +12,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from thinkflow.models.lora import base_model
+from thinkflow.models.lora import effective_weight as W
+
 
 def supports(model) -> bool:
-    cfg = model.config
+    cfg = base_model(model).config
     return (
         getattr(cfg, "model_type", "") == "llama"
         and not getattr(cfg, "attention_bias", False)
@@ -51,6 +54,7 @@ class KVCache:
 
 class FastLlama:
     def __init__(self, model) -> None:
+        model = base_model(model)  # LoRA: its layers carry the adapters, folded in below (effective_weight)
         cfg, core = model.config, model.model
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
@@ -80,11 +84,11 @@ class FastLlama:
             self.layers.append(
                 (
                     layer.input_layernorm.weight,
-                    torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).detach(),
-                    att.o_proj.weight,
+                    torch.cat([W(att.q_proj), W(att.k_proj), W(att.v_proj)]).detach(),
+                    W(att.o_proj).detach(),
                     layer.post_attention_layernorm.weight,
-                    torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
-                    mlp.down_proj.weight,
+                    torch.cat([W(mlp.gate_proj), W(mlp.up_proj)]).detach(),
+                    W(mlp.down_proj).detach(),
                 )
             )
         self.scale = self.head_dim**-0.5

@@ -31,6 +31,7 @@ from thinkflow.config import ConfigError, PipelineConfig, RLConfig
 from thinkflow.distributed import is_rank_zero
 from thinkflow.envs import EnvTask, transcripts_markdown
 from thinkflow.models import load_checkpoint, n_params
+from thinkflow.models.lora import AdaptersOff, apply_lora, is_lora, trainable_params
 from thinkflow.registry import StageResult, StageSpec
 from thinkflow.rl.learner import GRPOModule
 from thinkflow.rl.sync import InProcessPolicy, VLLMPolicy
@@ -105,6 +106,8 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     init = starting_checkpoint(cfg, ctx.upstream)
     model, tokenizer = load_checkpoint(init)
     disable_dropout(model)  # the ratio and the KL compare the policy that sampled, not a random sub-network
+    if rc.lora is not None:  # adapters only; the base weights stay frozen
+        model = apply_lora(model, **rc.lora.model_dump(), where="rl.lora")
     model.train()
     task = cfg.task.build()
     n_pool = rc.max_steps * rc.prompts_per_step * tc.world_size * (1 + rc.max_refill)
@@ -116,8 +119,9 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
 
     tracker, run_id = ctx.tracker, ctx.run_id
     tracker.log_params(run_id, flatten(section | {"trainer": tc.model_dump(), "init_from": init}))
-    tracker.log_params(run_id, {"model.n_params": str(n_params(model)), "task.n_train": str(len(train))})
-    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if rc.beta > 0 else None
+    sizes = {"model.n_params": str(n_params(model)), "model.n_trainable": str(trainable_params(model))}
+    tracker.log_params(run_id, sizes | {"task.n_train": str(len(train))})
+    ref_model = _reference(model) if rc.beta > 0 else None
     updates = rc.ppo_epochs * rc.minibatches
 
     def export(step: int) -> None:  # HF checkpoint of the current policy (rank 0 writes)
@@ -163,6 +167,11 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
         wall = time.perf_counter() - t0
         export(module.rl_step)
     return _finish(cfg, ctx, module, work, hf_dir, wall)
+
+
+def _reference(model: PreTrainedModel) -> PreTrainedModel | AdaptersOff:
+    """The KL reference: the starting policy. With LoRA, the same weights with the adapters off (no copy)."""
+    return AdaptersOff(model) if is_lora(model) else copy.deepcopy(model).eval().requires_grad_(False)
 
 
 def _policy(
@@ -238,6 +247,8 @@ def check_config(cfg: PipelineConfig) -> None:
         raise ValueError("rl needs a starting checkpoint: enable pretrain or sft, or set rl.init_from")
     if cfg.rl.mode == "async" and cfg.trainer.world_size > 1:
         raise ValueError("rl.mode=async runs one learner process with Ray actors; set trainer.devices=1")
+    if cfg.rl.lora is not None and cfg.trainer.strategy == "deepspeed":
+        raise ValueError("rl.lora with trainer.strategy=deepspeed is not supported yet; use ddp or one process")
     if cfg.rl.backend == "vllm" and cfg.trainer.world_size > 1:
         raise ValueError("rl.backend=vllm runs single-process; use backend=hf with several devices")
 
