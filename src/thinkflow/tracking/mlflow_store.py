@@ -190,11 +190,11 @@ class Tracker:
     def log_dataset(self, run_id: str, frame, name: str, source: str, context: str = "training") -> None:
         """``frame`` (a pandas DataFrame) as the run's MLflow dataset input: name, digest, schema and row count
         in the run's *Datasets used* (``source``: where the table's file lives, e.g. its Parquet artifact)."""
-        with warnings.catch_warnings():  # a local path is "ambiguous" between two equal source types; int columns
+        with warnings.catch_warnings():  # a local path "is ambiguous" (two equal source types); integer columns
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(frame, source=source, name=name)
+            dataset = mlflow.data.from_pandas(frame, source=source, name=name)._to_mlflow_entity()
         tags = [InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)]
-        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=tags)])
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset=dataset, tags=tags)])
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         """Close the run; when the server is down, the status is kept locally and sent at the next start."""
