@@ -8,14 +8,16 @@ the inputs shifted by one, so every ``(B, L-1)`` tensor here is aligned with
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
 from thinkflow.envs import env_metrics, sample_verdict, with_env
 from thinkflow.inference import Sample
+from thinkflow.models.heads import chosen_logprobs, full_logprobs
+from thinkflow.models.lora import AdaptersOff
 from thinkflow.rl.objectives import group_advantages, informative_groups
 from thinkflow.rl.rewards import score
 
@@ -64,15 +66,22 @@ def build_batch(tokenizer, prompts: list[str], samples: list[Sample]) -> Rollout
     return RolloutBatch(ids, attn, loss_mask, old_logp, torch.tensor([s.prompt_index for s in samples]))
 
 
+LARGE_VOCAB = 32_768  # from here on, log-probs go through the chunked LM head (models.heads)
+
+
 def token_logprobs(model, batch: RolloutBatch, with_entropy: bool = False):
-    """(B, L-1) log-probs of each next token under ``model`` (and the entropy of its distribution)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
-    logp_all = F.log_softmax(logits, dim=-1)  # (B, L-1, V)
-    logp = logp_all.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
-    if not with_entropy:
-        return logp
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, L-1)
-    return logp, entropy
+    """(B, L-1) log-probs of each next token under ``model`` (and the entropy of its distribution), where
+    ``batch.loss_mask`` says a completion token is trained on (elsewhere: unspecified; the objectives mask them).
+    ``model`` may be an ``AdaptersOff`` view (the LoRA policy's base). Models with a large vocabulary never
+    materialise the batch's logits: the head runs in checkpointed chunks at the completion positions only."""
+    adapters_off = isinstance(model, AdaptersOff)
+    net = model.model if adapters_off else model
+    with net.disable_adapter() if adapters_off else contextlib.nullcontext():
+        if net.config.vocab_size >= LARGE_VOCAB:
+            logp, entropy = chosen_logprobs(net, batch.input_ids, batch.attention_mask, batch.loss_mask, with_entropy)
+        else:
+            logp, entropy = full_logprobs(net, batch.input_ids, batch.attention_mask, with_entropy)
+    return (logp, entropy) if with_entropy else logp
 
 
 @dataclass
