@@ -92,3 +92,10 @@ def test_a_source_that_keeps_nothing_fails_with_its_counts():
     select(cands, {"self": 1})
     with pytest.raises(SFTDataError, match=r"'self' \(teacher T\) kept 0 of 3 sampled traces.*2 wrong, 1 truncated"):
         require_examples(cands, {"self": "teacher T"}, round_=0)
+
+
+def test_duplicates_are_counted_per_source():
+    """On a task with deterministic traces every correct self sample equals the gold trace: still a self example."""
+    cands = [_cand("a", "z>3", source="gold"), _cand("a", "z>3"), _cand("a", "z>3")]
+    select(cands, {"gold": None, "self": 2})
+    assert [c.status for c in cands] == [KEPT, KEPT, "duplicate"]

@@ -98,16 +98,18 @@ def _candidate(
     )
 
 
-def select(candidates: list[Candidate], max_per_problem: dict[str, int | None], seen: set | None = None) -> None:
+def select(candidates: list[Candidate], max_per_problem: dict[str, int | None]) -> None:
     """Mark (in place) what is not kept: wrong answers, traces cut off at the token limit, duplicates (the same
-    completion of the same problem, earlier in the list or in ``seen``), and the verified traces beyond a
-    source's ``max_per_problem``. ``seen`` gets the kept ones' keys."""
-    seen = set() if seen is None else seen
+    completion of the same problem from the same source, earlier in the list), and the verified traces beyond
+    a source's ``max_per_problem``. Sources are deduplicated apart: a self sample that equals the gold trace
+    (on a task whose traces are deterministic, every correct one does) is still that source's example, and
+    the mixing weights say how much each source counts."""
+    seen: set = set()
     per_problem: Counter = Counter()
     for c in candidates:
         if c.status != KEPT:
             continue
-        key = (c.problem_id, c.completion)
+        key = (c.source, c.problem_id, c.completion)
         cap = max_per_problem.get(c.source)
         if not c.verdict:
             c.status = "wrong"

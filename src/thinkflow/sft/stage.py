@@ -138,7 +138,7 @@ def run_sft(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     t0, policy, rounds, everything = time.perf_counter(), init, [], list(fixed)
     for r in range(sc.rounds):
         rdir = work / f"round_{r}"
-        mine = _self_candidates(cfg, task, train, test, policy, r, fixed, rdir)
+        mine = _self_candidates(cfg, task, train, test, policy, r, rdir)
         everything += mine
         candidates = fixed + mine
         require_examples(candidates, _sampled_labels(sources, teachers, mine), r)
@@ -266,7 +266,6 @@ def _self_candidates(
     test: list[Problem],
     policy: str,
     round_: int,
-    fixed: list[Candidate],
     rdir: Path,
 ) -> list[Candidate]:
     """This round's samples of the ``self`` sources from ``policy`` (kept in the round's dir)."""
@@ -283,8 +282,7 @@ def _self_candidates(
             out += sampled_candidates(
                 engine, task, train, source=name, kind="self", model=policy, round_=round_, params=params
             )
-    seen = {(c.problem_id, c.completion) for c in fixed if c.status == KEPT}
-    select(out, {n: s.max_per_problem for n, s in sources.items()}, seen)
+    select(out, {n: s.max_per_problem for n, s in sources.items()})
     if any(c.status == KEPT for c in out):
         _decontaminate(cfg, task, out, test)
     write_parquet(frame(out), path)
@@ -348,6 +346,17 @@ def _train_round(
     examples = encode(tokenizer, [c.prompt for c in kept], segments)
     model.train()  # from_pretrained returns it in eval mode (dropout off either way; Lightning warns)
     limit = model.config.max_position_embeddings
+    fits = [i for i, ex in enumerate(examples) if len(ex["input_ids"]) <= limit]  # a teacher's tokenizer may differ
+    if len(fits) < len(examples):
+        log.warning(
+            "round %d: %d examples longer than the model context (%d tokens) left out",
+            round_,
+            len(examples) - len(fits),
+            limit,
+        )
+        kept, examples = [kept[i] for i in fits], [examples[i] for i in fits]
+    if not examples:
+        raise SFTDataError(f"sft: every example of round {round_} is longer than the model context ({limit} tokens)")
     weights = {n: s.weight for n, s in sc.active_sources.items()}
     sampler = mixing_sampler([c.source for c in kept], weights, sc.max_steps * sc.batch_size, cfg.seed + round_)
     pad = tokenizer.pad_token_id
