@@ -245,5 +245,7 @@ def test_a_failing_rank_fails_the_stage_with_its_output(tmp_path):
 
     config = compose(["trainer=cpu_zero2", f"rl.init_from={tmp_path / 'absent'}"], root=tmp_path)
     config["pretrain"] = None
-    with pytest.raises(LaunchError, match=r"(?s)rl on 2 processes failed.*starting checkpoint .*absent is missing"):
+    with pytest.raises(
+        LaunchError, match=r"(?s)rl on 2 processes failed.*starting checkpoint: no HF checkpoint at .*absent"
+    ):
         run_stage("rl", config, start_pipeline_run(config, None), {}, None)

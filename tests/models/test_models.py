@@ -3,7 +3,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from thinkflow.catalog import build_task
-from thinkflow.models import CheckpointError, build_char_tokenizer, build_model_and_tokenizer, load_checkpoint
+from thinkflow.models import (
+    CheckpointError,
+    build_char_tokenizer,
+    build_model_and_tokenizer,
+    checkpoint_kind,
+    load_checkpoint,
+)
 from thinkflow.models.tokenizer import ALPHABET, BOS_ID
 
 TINY = dict(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=64)
@@ -55,11 +61,27 @@ def test_checkpoint_round_trip_through_plain_transformers(tmp_path):
 
 
 def test_load_checkpoint_errors_name_the_path(tmp_path):
-    with pytest.raises(CheckpointError, match="config.json missing"):
+    with pytest.raises(CheckpointError, match="no such directory or .gguf file, and not an org/name hub id"):
         load_checkpoint(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config.json missing"):
+        load_checkpoint(tmp_path / "empty")
     model, tok = build_model_and_tokenizer(TINY)
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match=str(tmp_path)):
         load_checkpoint(tmp_path)
+
+
+def test_model_sources_are_a_directory_a_gguf_file_or_a_hub_id(tmp_path, monkeypatch):
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    assert checkpoint_kind(tmp_path / "m.gguf") == "gguf" and checkpoint_kind("google/gemma-3-270m") == "hub"
+    with pytest.raises(CheckpointError, match="is a file but not a .gguf model"):
+        checkpoint_kind(tmp_path / "weights.bin")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # no hub: the error says what to do
+    with pytest.raises(CheckpointError, match="a hub id needs a reachable hub, or a local copy"):
+        load_checkpoint("google/gemma-3-270m")
+    with pytest.raises(CheckpointError, match="m.gguf is unreadable"):  # not a real GGUF: named, not a traceback
+        load_checkpoint(tmp_path / "m.gguf")

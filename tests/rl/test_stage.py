@@ -127,7 +127,7 @@ def test_rl_without_pretrain_or_init_from_is_refused(tmp_path):
 
 def test_missing_or_too_short_checkpoint_context(pretrained, tmp_path):
     config = rl_config(tmp_path, str(tmp_path / "nowhere"))
-    with pytest.raises(ConfigError, match="starting checkpoint .*nowhere is missing"):
+    with pytest.raises(ConfigError, match="starting checkpoint: no HF checkpoint at .*nowhere"):
         run_stage("rl", config, start_pipeline_run(config, None), {}, None)
     config = rl_config(tmp_path, pretrained, ["rl.max_new_tokens=60"])
     with pytest.raises(ConfigError, match="rl.max_new_tokens=60 .* exceeds the model context of 64"):

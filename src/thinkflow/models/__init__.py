@@ -5,6 +5,7 @@ from thinkflow.models.build import (
     CheckpointError,
     build_model,
     build_model_and_tokenizer,
+    checkpoint_kind,
     load_checkpoint,
     n_params,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "build_char_tokenizer",
     "build_model",
     "build_model_and_tokenizer",
+    "checkpoint_kind",
     "load_checkpoint",
     "n_params",
 ]

@@ -7,6 +7,7 @@ HF directories (``config.json``, ``model.safetensors``, tokenizer files) that
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -59,16 +60,40 @@ def build_model_and_tokenizer(model_cfg: dict, seed: int = 0):
     return build_model(vocab_size=len(tokenizer), seed=seed, **kwargs), tokenizer
 
 
-def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
-    """Model and tokenizer from an HF checkpoint directory, with a clear error if absent."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"no HF checkpoint at {path} (config.json missing)")
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # org/name
+
+
+def checkpoint_kind(source: str | Path) -> str:
+    """What a model source is: ``dir`` (an HF checkpoint directory), ``gguf`` (a GGUF file, de-quantized by
+    transformers) or ``hub`` (an ``org/name`` id, downloaded where a hub is reachable). A local path that is
+    neither is a CheckpointError naming what is missing."""
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"no HF checkpoint at {path} (config.json missing)")
+        return "dir"
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise CheckpointError(f"{path} is a file but not a .gguf model; give an HF checkpoint directory")
+        return "gguf"
+    if HUB_ID.match(str(source)) and not str(source).startswith((".", "/")):
+        return "hub"
+    raise CheckpointError(f"no HF checkpoint at {path} (no such directory or .gguf file, and not an org/name hub id)")
+
+
+def load_checkpoint(source: str | Path, dtype: torch.dtype = torch.float32):
+    """Model and tokenizer from an HF checkpoint directory, a GGUF file or a hub id (``checkpoint_kind``),
+    with a clear error when it cannot be read."""
+    kind = checkpoint_kind(source)
+    where, kwargs = (str(Path(source).parent), {"gguf_file": Path(source).name}) if kind == "gguf" else (source, {})
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except Exception as err:  # safetensors, json and torch all raise their own types
-        raise CheckpointError(f"checkpoint at {path} is unreadable: {err}") from err
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    except Exception as err:  # safetensors, json, torch, gguf and the hub client all raise their own types
+        hint = " (a hub id needs a reachable hub, or a local copy: give its directory)" if kind == "hub" else ""
+        raise CheckpointError(f"checkpoint at {source} is unreadable{hint}: {err}") from err
+    if tokenizer.pad_token is None:  # batched generation left-pads: base models often ship no pad token
+        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 

@@ -30,7 +30,7 @@ from thinkflow.checkpoints import save_hf, training_dirs
 from thinkflow.config import ConfigError, PipelineConfig, RLConfig
 from thinkflow.distributed import is_rank_zero
 from thinkflow.envs import EnvTask, transcripts_markdown
-from thinkflow.models import load_checkpoint, n_params
+from thinkflow.models import CheckpointError, checkpoint_kind, load_checkpoint, n_params
 from thinkflow.models.lora import AdaptersOff, apply_lora, is_lora, trainable_params
 from thinkflow.registry import StageResult, StageSpec
 from thinkflow.rl.learner import GRPOModule
@@ -53,8 +53,10 @@ def starting_checkpoint(cfg: PipelineConfig, upstream: dict[str, StageResult]) -
     init = cfg.rl.init_from or upstream_checkpoint(upstream, "sft") or upstream_checkpoint(upstream, "pretrain")
     if not init:
         raise ConfigError("rl: no starting checkpoint (no sft or pretrain result upstream and rl.init_from is not set)")
-    if not (Path(init) / "config.json").exists():
-        raise ConfigError(f"rl: starting checkpoint {init} is missing (no config.json there)")
+    try:
+        checkpoint_kind(init)  # an HF directory, a .gguf file or a hub id
+    except CheckpointError as err:
+        raise ConfigError(f"rl: starting checkpoint: {err}") from None
     return str(init)
 
 
@@ -62,7 +64,11 @@ def weights_digest(checkpoint: str | Path) -> str:
     """Content hash of a checkpoint's weight files: a re-export of the same weights (a rerun of a
     finished pretrain stage) keeps the digest, so a killed RL stage still finds its work dir."""
     h = hashlib.sha256()
-    for f in sorted(Path(checkpoint).glob("*.safetensors")) + sorted(Path(checkpoint).glob("*.bin")):
+    path = Path(checkpoint)
+    if not path.exists():  # a hub id: its name (and the hub's revision) identify it
+        return hashlib.sha256(str(checkpoint).encode()).hexdigest()[:16]
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+    for f in files:
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 24), b""):
                 h.update(block)
