@@ -104,7 +104,7 @@ def test_the_former_stage_name_is_accepted_with_a_deprecation_message(tmp_path, 
     said = capsys.readouterr().out
     assert "WARNING: stage 'ttc_eval' is now called 'ttc'; the old name still works" in said
     with pytest.raises(
-        ConfigError, match=r"cache.refresh: unknown stage\(s\) \['sft_x'\]; the stages are pretrain, rl"
+        ConfigError, match=r"cache.refresh: unknown stage\(s\) \['sft_x'\]; the stages are pretrain, sft, rl"
     ):
         validate(compose(["cache.refresh=[sft_x]"], root=tmp_path))
 
