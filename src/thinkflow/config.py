@@ -148,7 +148,7 @@ class TrainerConfig(_Strict):
     num_nodes: int = Field(ge=1)
     strategy: Literal["auto", "ddp", "deepspeed"]
     deepspeed: DeepSpeedConfig | None  # used when strategy=deepspeed
-    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"]
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"]  # auto: bf16 where native
     num_threads: int | None = Field(ge=1)  # torch threads per process; null = cores / devices
     progress_bar: bool
     # How the flow starts a multi-process stage: torchrun (this node only), or DeepSpeed's launcher,

@@ -15,6 +15,7 @@ from thinkflow.config import TrainerConfig
 from thinkflow.distributed import full_parameters, is_rank_zero
 from thinkflow.distributed.strategy import build_strategy
 from thinkflow.models.lora import is_lora, merged_copy
+from thinkflow.models.precision import resolve_precision
 from thinkflow.tracking import write_json
 
 
@@ -89,7 +90,7 @@ def build_trainer(
         devices=tc.devices,
         num_nodes=tc.num_nodes,
         strategy=build_strategy(tc, grad_clip),
-        precision=tc.precision,
+        precision=resolve_precision(tc.precision, tc.accelerator)[0],
         max_steps=max_steps,
         callbacks=[
             ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=ckpt_every, save_last=True),

@@ -84,10 +84,13 @@ class _FastStepper:
 
 
 class HFEngine:
-    def __init__(self, model, tokenizer, max_batch: int = 512, fast: bool = True) -> None:
+    def __init__(
+        self, model, tokenizer, max_batch: int = 512, fast: bool = True, autocast: torch.dtype | None = None
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self.autocast = autocast  # e.g. torch.bfloat16: matmuls in bf16 (trainer.precision), log-probs in fp32
         self.fast = fast and llama_fast.supports(model)
         self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         self.max_len = getattr(model.config, "max_position_embeddings", None)
@@ -102,7 +105,9 @@ class HFEngine:
         out: list[list[Sample]] = []
         for start in range(0, len(prompts), per_chunk):
             t0 = time.perf_counter()
-            chunk = self._generate_chunk(prompts[start : start + per_chunk], params, gen, start)
+            device = next(self.model.parameters()).device.type
+            with torch.autocast(device, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+                chunk = self._generate_chunk(prompts[start : start + per_chunk], params, gen, start)
             record_generation(
                 self.model.config,
                 [s[0].prompt_tokens for s in chunk],

@@ -18,6 +18,7 @@ from thinkflow.checkpoints import hf_export_dir, training_dirs
 from thinkflow.config import ConfigError, PipelineConfig, PretrainConfig
 from thinkflow.distributed import is_rank_zero
 from thinkflow.models import build_model_and_tokenizer, load_checkpoint, n_params
+from thinkflow.models.precision import resolve_precision
 from thinkflow.pretrain.data import TraceDataModule
 from thinkflow.pretrain.module import CausalLMModule
 from thinkflow.registry import StageResult, StageSpec
@@ -61,6 +62,7 @@ def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
 
     tracker, run_id = ctx.tracker, ctx.run_id
     tracker.log_params(run_id, flatten(section | {"trainer": tc.model_dump()}))
+    tracker.log_params(run_id, {"trainer.precision_used": resolve_precision(tc.precision, tc.accelerator)[0]})
     tracker.log_params(run_id, {"model.n_params": str(n_params(model)), "task.n_train": str(len(train))})
     data = TraceDataModule(task, tokenizer, train, test, pc.batch_size, cfg.seed)
     data.setup()

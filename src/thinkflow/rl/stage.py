@@ -32,6 +32,7 @@ from thinkflow.distributed import is_rank_zero
 from thinkflow.envs import EnvTask, transcripts_markdown
 from thinkflow.models import CheckpointError, checkpoint_kind, load_checkpoint, n_params
 from thinkflow.models.lora import AdaptersOff, apply_lora, is_lora, trainable_params
+from thinkflow.models.precision import autocast_dtype, resolve_precision
 from thinkflow.registry import StageResult, StageSpec
 from thinkflow.rl.learner import GRPOModule
 from thinkflow.rl.sync import InProcessPolicy, VLLMPolicy
@@ -126,7 +127,10 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     tracker, run_id = ctx.tracker, ctx.run_id
     tracker.log_params(run_id, flatten(section | {"trainer": tc.model_dump(), "init_from": init}))
     sizes = {"model.n_params": str(n_params(model)), "model.n_trainable": str(trainable_params(model))}
-    tracker.log_params(run_id, sizes | {"task.n_train": str(len(train))})
+    precision, why = resolve_precision(tc.precision, tc.accelerator)
+    tracker.log_params(run_id, sizes | {"task.n_train": str(len(train)), "trainer.precision_used": precision})
+    if tc.precision == "auto":
+        log.info("precision %s (%s)", precision, why)
     ref_model = _reference(model) if rc.beta > 0 else None
     updates = rc.ppo_epochs * rc.minibatches
 
@@ -134,7 +138,7 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
         export_hf(model, tokenizer, hf_dir, {"stage": "rl", "rl_step": step, "init_from": init})
 
     with ExitStack() as stack:
-        policy = _policy(rc.backend, model, tokenizer, work, stack)
+        policy = _policy(rc.backend, model, tokenizer, work, stack, autocast_dtype(precision))
         source = _actors(cfg, init, train, work, stack) if rc.mode == "async" else None
         module = GRPOModule(
             model,
@@ -181,10 +185,15 @@ def _reference(model: PreTrainedModel) -> PreTrainedModel | AdaptersOff:
 
 
 def _policy(
-    backend: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, work: Path, stack: ExitStack
+    backend: str,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    work: Path,
+    stack: ExitStack,
+    autocast: torch.dtype | None,
 ) -> InProcessPolicy | VLLMPolicy:
     if backend == "hf":
-        return InProcessPolicy()
+        return InProcessPolicy(autocast)
     from thinkflow.inference.vllm_server import VLLMEngine, VLLMServer
 
     serve_dir = save_hf(model, tokenizer, work / "policy")

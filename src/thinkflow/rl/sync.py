@@ -11,14 +11,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
 from thinkflow.checkpoints import save_hf
 from thinkflow.inference import HFEngine
 
 
 class InProcessPolicy:
+    def __init__(self, autocast: torch.dtype | None = None) -> None:
+        self.autocast = autocast  # the training precision's dtype: rollouts sample as the learner computes
+
     def engine(self, model, tokenizer) -> tuple[HFEngine, float]:
         t0 = time.perf_counter()
-        engine = HFEngine(model, tokenizer)
+        engine = HFEngine(model, tokenizer, autocast=self.autocast)
         return engine, time.perf_counter() - t0
 
     def mark_updated(self) -> None:
