@@ -7,11 +7,12 @@ from __future__ import annotations
 from thinkflow.envs.calculator import ToolArithmetic
 from thinkflow.envs.code import CodeTask
 from thinkflow.envs.sandbox import SandboxLimits
-from thinkflow.tasks import GSM8K, MATH500, Addition, Countdown, Multiplication, Task, TaskError
+from thinkflow.tasks import GSM8K, MATH500, Addition, Countdown, FewShotAddition, Multiplication, Task, TaskError
 
 ENV_TASKS = ("calc", "code")  # solved through an environment (thinkflow.envs)
 TASKS: dict[str, type[Task]] = {
     "addition": Addition,
+    "addition_qa": FewShotAddition,
     "multiplication": Multiplication,
     "countdown": Countdown,
     "gsm8k": GSM8K,
@@ -40,6 +41,8 @@ def build_task(
         return MATH500(source=source or "HuggingFaceH4/MATH-500", **(options or {}))
     if name in ENV_TASKS:
         return _env_task(name, difficulty, env or {})
+    if name == "addition_qa":
+        return FewShotAddition(difficulty, shots=(options or {}).get("shots", 4))
     return TASKS[name](difficulty)
 
 

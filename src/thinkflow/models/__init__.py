@@ -8,6 +8,7 @@ from thinkflow.models.build import (
     checkpoint_kind,
     load_checkpoint,
     n_params,
+    resolve_source,
 )
 from thinkflow.models.tokenizer import build_char_tokenizer
 
@@ -19,4 +20,5 @@ __all__ = [
     "checkpoint_kind",
     "load_checkpoint",
     "n_params",
+    "resolve_source",
 ]

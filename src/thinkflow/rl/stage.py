@@ -30,7 +30,7 @@ from thinkflow.checkpoints import save_hf, training_dirs
 from thinkflow.config import ConfigError, PipelineConfig, RLConfig
 from thinkflow.distributed import is_rank_zero
 from thinkflow.envs import EnvTask, transcripts_markdown
-from thinkflow.models import CheckpointError, checkpoint_kind, load_checkpoint, n_params
+from thinkflow.models import CheckpointError, checkpoint_kind, load_checkpoint, n_params, resolve_source
 from thinkflow.models.lora import AdaptersOff, apply_lora, is_lora, trainable_params
 from thinkflow.models.precision import autocast_dtype, resolve_precision
 from thinkflow.registry import StageResult, StageSpec
@@ -65,7 +65,7 @@ def weights_digest(checkpoint: str | Path) -> str:
     """Content hash of a checkpoint's weight files: a re-export of the same weights (a rerun of a
     finished pretrain stage) keeps the digest, so a killed RL stage still finds its work dir."""
     h = hashlib.sha256()
-    path = Path(checkpoint)
+    path = Path(resolve_source(checkpoint))
     if not path.exists():  # a hub id: its name (and the hub's revision) identify it
         return hashlib.sha256(str(checkpoint).encode()).hexdigest()[:16]
     files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))

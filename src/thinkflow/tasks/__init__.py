@@ -8,6 +8,7 @@ from __future__ import annotations
 from thinkflow.tasks.arithmetic import Addition, Multiplication
 from thinkflow.tasks.base import Problem, SyntheticTask, Task, TaskError
 from thinkflow.tasks.countdown import Countdown
+from thinkflow.tasks.fewshot import FewShotAddition
 from thinkflow.tasks.gsm8k import GSM8K
 from thinkflow.tasks.math500 import MATH500
 
@@ -16,6 +17,7 @@ __all__ = [
     "MATH500",
     "Addition",
     "Countdown",
+    "FewShotAddition",
     "Multiplication",
     "Problem",
     "SyntheticTask",
