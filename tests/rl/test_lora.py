@@ -68,9 +68,11 @@ def test_adapters_off_is_the_base_model_and_the_merged_copy_is_the_adapted_one(t
 
 def test_target_modules_the_model_lacks_are_named_with_its_layers(tiny_llama):
     model, _ = load_checkpoint(tiny_llama)
-    with pytest.raises(ValueError, match=r"rl.lora.target_modules: \['c_attn'\] are not layers of this llama model; "
-                       r"its linear layers are \['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', "
-                       r"'v_proj'\]"):  # fmt: skip
+    layers = "'down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj'"
+    want = (
+        rf"rl.lora.target_modules: \['c_attn'\] are not layers of this llama model; its linear layers are \[{layers}\]"
+    )
+    with pytest.raises(ValueError, match=want):
         apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "c_attn"], where="rl.lora")
 
 
