@@ -7,6 +7,7 @@ HF directories (``config.json``, ``model.safetensors``, tokenizer files) that
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
 from pathlib import Path
@@ -116,9 +117,26 @@ def load_checkpoint(source: str | Path, dtype: torch.dtype = torch.float32):
     except Exception as err:  # safetensors, json, torch, gguf and the hub client all raise their own types
         hint = " (a hub id needs a reachable hub, or a local copy: give its directory)" if kind == "hub" else ""
         raise CheckpointError(f"checkpoint at {source} is unreadable{hint}: {err}") from err
+    if kind == "gguf":
+        _as_plain_model(model)
     if tokenizer.pad_token is None:  # batched generation left-pads: base models often ship no pad token
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _as_plain_model(model) -> None:
+    """A GGUF model transformers de-quantized is plain fp32 weights, but still flagged as quantized, which
+    ``save_pretrained`` refuses: drop the flags so it trains and exports like any HF model."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None or not all(p.dtype.is_floating_point for p in model.parameters()):
+        return  # really quantized weights stay as they are
+    model.hf_quantizer = None
+    for attr in ("is_quantized", "quantization_method"):
+        if hasattr(model, attr):
+            with contextlib.suppress(AttributeError):
+                delattr(model, attr)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def n_params(model: torch.nn.Module, non_embedding: bool = False) -> int:
