@@ -29,7 +29,7 @@ from thinkflow.compare.prompts import chat_to_text, render
 from thinkflow.config import APIConfig, ContestantConfig
 from thinkflow.inference import Sample, SamplingParams, open_engine
 from thinkflow.inference.hf import HFEngine
-from thinkflow.models import CheckpointError, n_params
+from thinkflow.models import CheckpointError, load_checkpoint, n_params
 from thinkflow.models.flops import FlopModel
 from thinkflow.stages import upstream_checkpoint
 from thinkflow.tasks import Problem, Task
@@ -80,12 +80,12 @@ def open_contestant(
             with open_engine(spec.backend, spec.model) as engine:
                 yield _local(name, spec, engine, spec.model)
             return
-        model, tokenizer = _from_pretrained(spec.model)
-        yield _local(name, spec, HFEngine(model, tokenizer), spec.model)
+        model, tokenizer = load_checkpoint(spec.model)  # a hub id
+        yield _local(name, spec, HFEngine(model.eval(), tokenizer), spec.model)
         return
     directory, file = gguf_location(spec)
-    model, tokenizer = _from_pretrained(str(directory), gguf_file=file)
-    yield _local(name, spec, HFEngine(model, tokenizer), str(directory / file), info={"gguf_file": file})
+    model, tokenizer = load_checkpoint(directory / file)
+    yield _local(name, spec, HFEngine(model.eval(), tokenizer), str(directory / file), info={"gguf_file": file})
 
 
 def _local(name: str, spec: ContestantConfig, engine, where: str, info: dict | None = None) -> Contestant:
@@ -187,21 +187,6 @@ def gguf_location(spec: ContestantConfig) -> tuple[Path, str]:
     if not path.is_file():
         raise CheckpointError(f"gguf: no GGUF file at {path}")
     return path.parent, path.name
-
-
-def _from_pretrained(model: str, gguf_file: str | None = None):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, **kwargs)
-    except OSError as err:  # hub ids offline, missing files
-        raise CheckpointError(f"cannot load {model}{' / ' + gguf_file if gguf_file else ''}: {err}") from err
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return lm.eval(), tokenizer
 
 
 def _config(where: str):
