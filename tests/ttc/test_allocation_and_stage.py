@@ -51,8 +51,10 @@ def test_ttc_config_errors_are_named(tmp_path):
         validate(compose(["ttc.strategies=[pass,majority]"], root=tmp_path))
     with pytest.raises(ConfigError, match="must include pass and maj"):
         validate(compose(["ttc.strategies=[pass,bon]"], root=tmp_path))
-    with pytest.raises(ConfigError, match="Input should be 'pretrain' or 'rl'"):
-        validate(compose(["ttc.checkpoints=[sft]"], root=tmp_path))
+    with pytest.raises(ConfigError, match="Input should be 'pretrain', 'sft' or 'rl'"):
+        validate(compose(["ttc.checkpoints=[compare]"], root=tmp_path))
+    with pytest.raises(ConfigError, match=r"none of ttc.checkpoints=\['sft'\] runs in this pipeline"):
+        validate(compose(["ttc.checkpoints=[sft]"], root=tmp_path))  # sft is off by default
 
 
 def test_ttc_eval_stage_on_a_tiny_checkpoint(tmp_path):

@@ -26,7 +26,7 @@ class FlopModel:
         kv = getattr(config, "num_key_value_heads", None) or heads  # MHA families have no such key
         head_dim = getattr(config, "head_dim", None) or d // heads
         ff = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * d
-        mlp = 2 if config.model_type in UNGATED_MLP else 3  # up/down, or gate/up/down (SwiGLU, GeGLU)
+        mlp = 2 if getattr(config, "model_type", "") in UNGATED_MLP else 3  # up/down, or gate/up/down (SwiGLU, GeGLU)
         per_layer = d * heads * head_dim * 2 + d * kv * head_dim * 2 + mlp * d * ff  # q, o, k, v, the MLP
         return cls(layers * per_layer + config.vocab_size * d, layers, heads * head_dim)
 

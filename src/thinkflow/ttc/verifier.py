@@ -30,7 +30,9 @@ def completion_features(model, tokenizer, prompts: list[str], completions: list[
         for j, (p, r) in enumerate(zip(p_ids, rows, strict=True)):
             ids[j, : len(r)] = torch.tensor(r)
             mask[j, len(p) - 1 : len(r)] = 1  # the last prompt position onward: the completion's states
-        out = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(), output_hidden_states=True)
+        attention = (ids != tokenizer.pad_token_id).long()
+        # logits of the last position only: the batch's full logits would be B x T x vocab (16 GB for Gemma's 262k)
+        out = model(input_ids=ids, attention_mask=attention, output_hidden_states=True, logits_to_keep=1)
         h = out.hidden_states[-1]  # (B, T, d)
         feats.append((h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
     return torch.cat(feats)
