@@ -103,11 +103,16 @@ def train_point(model, tokenizer, batch: int, length: int) -> dict:
     )
 
 
+LONG_CONTEXT = 1024
+
+
 def measure_model(model, tokenizer) -> list[dict]:
     """The model's roofline points: prefill, decode (batch 1 and 64; short and long context), train step."""
     model = model.eval()
     max_len = model.config.max_position_embeddings
-    long = max_len - DECODE_TOKENS - 1  # the longest context that leaves room for the decoded tokens
+    # the longest context that leaves room for the decoded tokens, at most LONG_CONTEXT (a 32k-context model's
+    # batch-64 decode at full length would take hours on a CPU and its KV cache tens of GB)
+    long = min(max_len, LONG_CONTEXT) - DECODE_TOKENS - 1
     short = min(32, long // 2)
     engine = HFEngine(model, tokenizer)
     points = [prefill_point(model, tokenizer, 8, short)]
