@@ -49,6 +49,8 @@ def module_for(cfg, model, tokenizer) -> CausalLMModule:
         min_lr_ratio=pc.min_lr_ratio,
         weight_decay=pc.weight_decay,
         betas=pc.betas,
+        eval_max_new_tokens=pc.eval_max_new_tokens,
+        log_every=pc.log_every,
     )
 
 

@@ -4,6 +4,7 @@ the Lightning ``Trainer`` and the HF-format export."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -14,9 +15,29 @@ from thinkflow.checkpoints import CheckpointOnStop, save_hf
 from thinkflow.config import TrainerConfig
 from thinkflow.distributed import full_parameters, is_rank_zero
 from thinkflow.distributed.strategy import build_strategy
+from thinkflow.evaluation import greedy_accuracy
+from thinkflow.inference import HFEngine
 from thinkflow.models.lora import is_lora, merged_copy
 from thinkflow.models.precision import resolve_precision
+from thinkflow.profile.ledger import record_training
 from thinkflow.tracking import write_json
+
+IGNORE = -100  # label of a position that is not trained on (prompt, padding, an environment's observation)
+
+
+def pad_batch(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Examples (``input_ids``, ``labels``) right-padded to the longest: ``input_ids``, ``labels`` (``IGNORE`` on
+    padding), ``attention_mask``, each (B, T)."""
+    width = max(len(ex["input_ids"]) for ex in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, ex in enumerate(batch):
+        n = len(ex["input_ids"])
+        ids[i, :n] = torch.tensor(ex["input_ids"])
+        labels[i, :n] = torch.tensor(ex["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -115,3 +136,86 @@ def export_hf(model, tokenizer, hf_dir: Path, meta: dict | None = None) -> None:
                 model.save_pretrained(Path(hf_dir) / "adapter")
             if meta is not None:
                 write_json(Path(hf_dir) / "thinkflow.json", meta)
+
+
+class SupervisedLM(pl.LightningModule):
+    """What the supervised training stages (``pretrain``, ``sft``) share: next-token loss, throughput and the
+    compute ledger per step, AdamW with the warm-up/cosine schedule, and held-out greedy accuracy through the
+    inference engine. A stage's module names its metrics (``loss_key``) and may redefine ``loss`` and
+    ``row_tokens`` (the tokens each row trains on)."""
+
+    loss_key = "train/loss"  # the lr goes beside it (train/lr)
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        task,
+        eval_problems: list,
+        *,
+        lr: float,
+        max_steps: int,
+        warmup_steps: int,
+        min_lr_ratio: float,
+        weight_decay: float,
+        betas: tuple[float, float],
+        eval_max_new_tokens: int,
+        log_every: int,
+    ) -> None:
+        super().__init__()
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.eval_problems = eval_problems
+        self.lr, self.max_steps, self.warmup_steps = lr, max_steps, warmup_steps
+        self.min_lr_ratio, self.weight_decay, self.betas = min_lr_ratio, weight_decay, betas
+        self.eval_max_new_tokens, self.log_every = eval_max_new_tokens, log_every
+        self.last_eval: dict | None = None
+        self._tokens = 0
+        self._t0: float | None = None
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        return self.model(**batch).loss
+
+    def row_tokens(self, batch: dict) -> list[int]:
+        return batch["attention_mask"].sum(-1).tolist()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        loss = self.loss(batch)
+        self._tokens += int(sum(self.row_tokens(batch)))
+        self.log(self.loss_key, loss, prog_bar=True)
+        self.log(self.loss_key.replace("/loss", "/lr"), self.trainer.optimizers[0].param_groups[0]["lr"])
+        if (self.global_step + 1) % self.log_every == 0:
+            elapsed = time.perf_counter() - self._t0
+            self.log("perf/train_tokens_per_s", self._tokens / elapsed, prog_bar=True)
+            self._tokens, self._t0 = 0, time.perf_counter()
+        return loss
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self._step_t0 = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        """Book the step (forward, backward, optimizer) in the stage's compute ledger."""
+        record_training("train", self.model.config, self.row_tokens(batch), time.perf_counter() - self._step_t0)
+
+    def greedy_eval(self):
+        """Held-out greedy accuracy (every rank scores the same full set, so rank 0's number is the number);
+        evaluation time is not training throughput."""
+        with full_parameters(self.model):  # whole weights for the engine under ZeRO-3 (all ranks)
+            result = greedy_accuracy(
+                HFEngine(self.model, self.tokenizer), self.task, self.eval_problems, self.eval_max_new_tokens
+            )
+        self.model.train()
+        self._t0 = None
+        return result
+
+    def configure_optimizers(self) -> dict:
+        return adamw_warmup_cosine(
+            self.model,
+            lr=self.lr,
+            betas=self.betas,
+            weight_decay=self.weight_decay,
+            warmup_steps=self.warmup_steps,
+            total_steps=self.max_steps,
+            min_lr_ratio=self.min_lr_ratio,
+        )

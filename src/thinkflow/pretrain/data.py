@@ -8,8 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from thinkflow.tasks import Problem, Task
-
-IGNORE = -100
+from thinkflow.training import IGNORE, pad_batch
 
 
 def encode_examples(problems: list[Problem], task: Task, tokenizer) -> datasets.Dataset:
@@ -33,16 +32,7 @@ def encode_examples(problems: list[Problem], task: Task, tokenizer) -> datasets.
 
 def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example in the batch."""
-    width = max(len(ex["input_ids"]) for ex in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, ex in enumerate(batch):
-        n = len(ex["input_ids"])
-        ids[i, :n] = torch.tensor(ex["input_ids"])
-        labels[i, :n] = torch.tensor(ex["labels"])
-        mask[i, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    return pad_batch(batch, pad_id)
 
 
 class TraceDataModule(pl.LightningDataModule):

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
-IGNORE = -100
+from thinkflow.training import IGNORE, pad_batch
+
 PACKING_ATTENTION = ("sdpa", "eager")  # implementations that take a 4D mask as given
 
 
@@ -58,16 +59,8 @@ def mixing_sampler(sources: list[str], weights: dict[str, float], n_samples: int
 
 def collate_padded(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example: ``input_ids``, ``labels``, ``attention_mask`` (B, T), ``seq_lens`` (B,)."""
-    width = max(len(ex["input_ids"]) for ex in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, ex in enumerate(batch):
-        n = len(ex["input_ids"])
-        ids[i, :n] = torch.tensor(ex["input_ids"])
-        labels[i, :n] = torch.tensor(ex["labels"])
-        mask[i, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "seq_lens": mask.sum(-1)}
+    padded = pad_batch(batch, pad_id)
+    return padded | {"seq_lens": padded["attention_mask"].sum(-1)}
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
