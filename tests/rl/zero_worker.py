@@ -103,7 +103,18 @@ def main(out: str, stage: int) -> None:
     train, val = task.splits(GROUPS * STEPS, 4, seed=0)
     rl, tc = configs(stage)
     tracker = RecordingTracker()
-    module = FixedExperience(model, tokenizer, task, train, val, rl, 0, InProcessPolicy(), tracker, "run")
+    module = FixedExperience(
+        model,
+        tokenizer,
+        task,
+        train_problems=train,
+        val_problems=val,
+        rl=rl,
+        seed=0,
+        policy=InProcessPolicy(),
+        tracker=tracker,
+        run_id="run",
+    )
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=world_size(),
