@@ -4,8 +4,11 @@ next start marks its runs FAILED, and of two twins only one trains each stage wh
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -91,25 +94,73 @@ def test_kill_9_mid_pretraining_takes_the_prefect_server_along_and_the_next_star
     assert {r.info.status for i, r in after.items() if i not in killed.values()} == {"FINISHED"}
 
 
+def _owner(locks) -> int | None:
+    """The pid written (whole) into the pretrain lock's owner file, once it is there."""
+    for owner in locks.glob("pretrain-*.owner.json"):
+        try:
+            return int(json.loads(owner.read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
+    return None
+
+
+def _stop_outside_the_store(proc: subprocess.Popen, db) -> None:
+    """SIGSTOP ``proc`` at a moment it holds no lock on the SQLite store (else the other pipeline would wait on
+    the store, not on the stage): stop, try an exclusive transaction without waiting, let go and retry if busy."""
+    for _ in range(2000):
+        proc.send_signal(signal.SIGSTOP)
+        probe = sqlite3.connect(db, timeout=0)
+        try:
+            probe.execute("BEGIN EXCLUSIVE")
+            probe.rollback()
+            return
+        except sqlite3.OperationalError:
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.01)
+        finally:
+            probe.close()
+    raise AssertionError("the first pipeline never left the MLflow store alone")
+
+
+def _wait_for(predicate, what: str, procs: list[subprocess.Popen], logs: list) -> None:
+    deadline = time.time() + 300
+    while not predicate():
+        for proc, log in zip(procs, logs, strict=False):
+            assert proc.poll() is None, f"a pipeline ended before {what}:\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, f"no {what} within 300 s"
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
-def test_two_identical_pipelines_started_together_train_once_and_the_other_waits_and_reuses(tmp_path):
+def test_two_identical_pipelines_the_second_waits_for_the_first_and_reuses_its_result(tmp_path):
+    """The second pipeline reaches the stage while the first holds it. To make that certain on a loaded
+    machine (the first could otherwise finish 120 steps before the second's Prefect server is up), the
+    first is held with SIGSTOP once it owns the stage's lock (at a moment it holds no lock on the SQLite store),
+    and let go once the second says it waits."""
     cmd, env = _pipeline(tmp_path, "pretrain.max_steps=120")
     procs, logs = [], [tmp_path / "a.log", tmp_path / "b.log"]
-    for log in logs:
-        with open(log, "w") as out:
-            procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT))
+    owners = tmp_path / "mlruns" / "work" / "locks"
     try:
+        with open(logs[0], "w") as out:
+            procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT))
+        _wait_for(lambda: _owner(owners) == procs[0].pid, "the pretrain lock taken", procs, logs)
+        _stop_outside_the_store(procs[0], tmp_path / "mlruns" / "mlflow.db")
+        with open(logs[1], "w") as out:
+            procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT))
+        _wait_for(lambda: "pretrain: waiting for another pipeline" in logs[1].read_text(), "wait", procs[1:], logs[1:])
+        procs[0].send_signal(signal.SIGCONT)
         for proc, log in zip(procs, logs, strict=True):
             assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     finally:
         for proc in procs:
             if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
                 proc.kill()
     texts = [log.read_text() for log in logs]
     trained = [i for i, text in enumerate(texts) if "pretrain: done" in text]
-    assert len(trained) == 1, texts
-    waited = texts[1 - trained[0]]
-    assert f"pretrain: waiting for another pipeline (pid {procs[trained[0]].pid}) running the same stage" in waited
+    assert trained == [0], texts
+    waited = texts[1]
+    assert f"pretrain: waiting for another pipeline (pid {procs[0].pid}) running the same stage" in waited
     assert "pretrain: reused the result of MLflow run" in waited
     lightning = list((tmp_path / "mlruns" / "work" / "pretrain").glob("*/lightning"))
     assert len(lightning) == 1 and sorted(p.name for p in lightning[0].glob("last*.ckpt")) == ["last.ckpt"]
