@@ -5,7 +5,7 @@
 2. one RL step (4 prompts x 8 samples on addition_qa): wall and peak RSS for fp32 vs bf16 autocast and full
    fine-tuning vs LoRA r=16, each in a fresh process (the real ``rl`` stage, 3 steps, the first dropped).
 
-    pip install -e ".[gemma]"; python -m benchmarks.gemma              # from the repo root
+    pip install -e ".[gemma]"; python -m benchmarks.gemma [sampling] [rl]   # from the repo root; both by default
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import resource
 import statistics
+import sys
 import time
 
 from benchmarks.common import machine_line, write_section
@@ -102,18 +103,27 @@ def rl_steps() -> list[tuple[str, float, float]]:
     return rows
 
 
-def main() -> None:
-    s = sampling()
-    rows = rl_steps()
-    table = "\n".join(f"| {n} | {step:.1f} s | {rss:,.0f} MB |" for n, step, rss in rows)
-    body = f"""## Gemma 3 270M: sampling and RL steps
+def main(parts: list[str]) -> None:
+    """Each part rewrites its own section of docs/benchmarks.md."""
+    if "sampling" in parts:
+        s = sampling()
+        body = f"""## Gemma 3 270M: sampling
 
-`python -m benchmarks.gemma` ({machine_line()}); the gemma extra's Q4_K_M GGUF, de-quantized to fp32.
+`python -m benchmarks.gemma sampling` ({machine_line()}); the gemma extra's Q4_K_M GGUF, de-quantized to fp32.
 
 Sampling 16 prompts (addition_qa, 4 shots) x n=8 x 32 new tokens at T=1: thinkflow's engine (generic path:
-its own forward, prefix sharing, finished rows leave the batch) {s["ours_s"]:.1f} s ({s["ours_tps"]:.0f} tokens/s)
-against `transformers.generate` {s["hf_s"]:.1f} s ({s["hf_tps"]:.0f} tokens/s): {s["hf_s"] / s["ours_s"]:.2f}x.
-Greedy agreement (8 tokens, 16 prompts): {s["agree"]:.2f}.
+its own forward, prefix sharing, finished rows leave the batch, inverse-CDF sampling over the 262k vocabulary)
+{s["ours_s"]:.1f} s ({s["ours_tps"]:.0f} tokens/s) against `transformers.generate` {s["hf_s"]:.1f} s
+({s["hf_tps"]:.0f} tokens/s): **{s["hf_s"] / s["ours_s"]:.2f}x**. Greedy agreement (8 tokens, 16 prompts): {s["agree"]:.2f}.
+"""
+        write_section("gemma_sampling", body)
+        print(body)
+    if "rl" in parts:
+        rows = rl_steps()
+        table = "\n".join(f"| {n} | {step:.1f} s | {rss:,.0f} MB |" for n, step, rss in rows)
+        body = f"""## Gemma 3 270M: RL steps
+
+`python -m benchmarks.gemma rl` ({machine_line()}); the gemma extra's Q4_K_M GGUF, de-quantized to fp32.
 
 One RL step (4 prompts x 8 samples x 6 new tokens, GRPO, the real `rl` stage; median of steps 2-3), each
 configuration in a fresh process, peak RSS of that process:
@@ -122,9 +132,9 @@ configuration in a fresh process, peak RSS of that process:
 |---|---:|---:|
 {table}
 """
-    write_section("gemma", body)
-    print(body)
+        write_section("gemma", body)
+        print(body)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:] or ["sampling", "rl"])

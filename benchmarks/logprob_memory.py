@@ -73,7 +73,7 @@ are {logits_gb:.2f} GB.
 | chunked head at completion positions, checkpointed | {chunk_peak:,.0f} MB | {chunk_s:.2f} s |
 
 Peak RSS ratio full / chunked: {full_peak / chunk_peak:.1f}x. The RL learner takes the chunked path for
-vocabularies of 32,768 tokens and more (`rl.rollout.LARGE_VOCAB`); the default character-level model keeps
+vocabularies of 32,768 tokens and more (`models.heads.LARGE_VOCAB`); the default character-level model keeps
 the plain forward.
 """
     write_section("logprob_memory", body)

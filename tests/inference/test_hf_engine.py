@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from thinkflow.inference import GenerationError, HFEngine, SamplingParams
+from thinkflow.inference.hf import _pick
 from thinkflow.models import build_model_and_tokenizer
+from thinkflow.models.heads import LARGE_VOCAB
 
 TINY = dict(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=64)
 PROMPTS = ["123+456=", "9+9=", "77+1=", "5,3,2:10="]
@@ -108,3 +110,21 @@ def test_empty_and_too_long_prompts(engine):
         engine.generate([], SamplingParams())
     with pytest.raises(GenerationError, match="exceeds the model context of 64"):
         engine.generate(["1" * 60], SamplingParams(max_new_tokens=10))
+
+
+def test_large_vocabulary_sampling_draws_the_distribution_and_never_a_filtered_token():
+    """Vocabularies of LARGE_VOCAB tokens and more are sampled by inverting the CDF (two levels), not by
+    torch.multinomial: the draws follow the distribution, a token of probability zero (top-k) never comes."""
+    vocab = LARGE_VOCAB + 1000  # not a multiple of the block: the padded tail is never drawn
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.full((1, vocab), -30.0)
+    likely = torch.tensor([3, 1500, 20_000, vocab - 1])
+    logits[0, likely] = torch.tensor([0.0, 1.0, 2.0, 0.5])
+    draws = torch.cat([_pick(logits.expand(4000, -1), SamplingParams(temperature=1.0), gen)[0] for _ in range(5)])
+    counts = torch.bincount(draws, minlength=vocab).double()
+    p = logits[0].double().softmax(-1)
+    observed = counts[likely] / len(draws)
+    assert torch.allclose(observed, p[likely], atol=4 * (0.25 / len(draws)) ** 0.5), (observed, p[likely])
+    tok, lp = _pick(logits.expand(2000, -1), SamplingParams(temperature=1.0, top_k=2), gen)
+    assert set(tok.tolist()) == {1500, 20_000}  # the two highest only
+    assert torch.allclose(lp, logits[0].log_softmax(-1)[tok])  # log-probs under the unfiltered distribution

@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig
 from thinkflow.models import heads
 from thinkflow.models.heads import chosen_logprobs, full_logprobs
 from thinkflow.models.lora import AdaptersOff, apply_lora
-from thinkflow.rl.rollout import LARGE_VOCAB, RolloutBatch, token_logprobs
+from thinkflow.models.heads import LARGE_VOCAB
+from thinkflow.rl.rollout import RolloutBatch, token_logprobs
 
 VOCAB = 40_000  # above the learner's LARGE_VOCAB: the chunked path
 

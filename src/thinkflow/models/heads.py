@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from thinkflow.models.lora import base_model
 
+LARGE_VOCAB = 32_768  # from here on: chunked LM-head log-probs (rl) and inverse-CDF sampling (inference.hf)
 CHUNK_ELEMENTS = 32 * 2**20  # logits per chunk (128 MB in fp32)
 _CHECKED: dict[int, bool] = {}  # id(config) -> whether the decoder + head path reproduces the model's logits
 

@@ -16,7 +16,7 @@ import torch
 
 from thinkflow.envs import env_metrics, sample_verdict, with_env
 from thinkflow.inference import Sample
-from thinkflow.models.heads import chosen_logprobs, full_logprobs
+from thinkflow.models.heads import LARGE_VOCAB, chosen_logprobs, full_logprobs
 from thinkflow.models.lora import AdaptersOff
 from thinkflow.rl.objectives import group_advantages, informative_groups
 from thinkflow.rl.rewards import score
@@ -64,9 +64,6 @@ def build_batch(tokenizer, prompts: list[str], samples: list[Sample]) -> Rollout
         loss_mask[i, start : start + len(s.token_ids)] = torch.tensor(s.mask, dtype=torch.float) if s.mask else 1
         old_logp[i, start : start + len(s.token_ids)] = torch.tensor(s.logprobs)
     return RolloutBatch(ids, attn, loss_mask, old_logp, torch.tensor([s.prompt_index for s in samples]))
-
-
-LARGE_VOCAB = 32_768  # from here on, log-probs go through the chunked LM head (models.heads)
 
 
 def token_logprobs(model, batch: RolloutBatch, with_entropy: bool = False):
