@@ -19,8 +19,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from thinkflow.catalog import TASKS, build_task
+from thinkflow.catalog import ENV_TASKS, TASKS, build_task
 from thinkflow.registry import canonical_name, stage_names, stage_specs
+from thinkflow.tasks.prompts import ChatPrompted
 
 
 class ConfigError(ValueError):
@@ -69,11 +70,16 @@ class TaskConfig(_Strict):
     thinking: tuple[str, str]  # GSM8K, MATH-500: the answer is read after the closing delimiter
     check_timeout_s: float = Field(gt=0)  # math500: bound on one math-verify answer check
     decontaminate: DecontaminationConfig
+    prompt: Literal["plain", "chat"]  # chat: prompts through the policy tokenizer's chat template
 
-    def build(self):
-        """The task this config names (``catalog.build_task``)."""
+    def build(self, tokenizer=None):
+        """The task this config names (``catalog.build_task``); with ``prompt=chat``, its prompts through
+        ``tokenizer``'s chat template (``tasks.prompts.ChatPrompted``: a clear error when it has none)."""
         options = {"shots": self.shots, "thinking": self.thinking, "timeout_s": self.check_timeout_s}
-        return build_task(self.name, self.difficulty, self.source, self.env.model_dump(), options)
+        task = build_task(self.name, self.difficulty, self.source, self.env.model_dump(), options)
+        if self.prompt == "plain" or tokenizer is None:  # no tokenizer: data checks, pretrain (refused below)
+            return task
+        return ChatPrompted(task, tokenizer)
 
     @property
     def evaluation_only(self) -> bool:
@@ -83,6 +89,10 @@ class TaskConfig(_Strict):
     def _known(self) -> TaskConfig:
         if self.name not in TASKS:
             raise ValueError(f"unknown task {self.name!r}; known tasks: {sorted(TASKS)}")
+        if self.prompt == "chat" and self.name in ENV_TASKS:
+            raise ValueError(
+                f"prompt=chat is for single-turn tasks; {self.name} runs episodes in its environment's own format"
+            )
         return self
 
 
@@ -463,6 +473,12 @@ class PipelineConfig(_Strict):
                 f"task {self.task.name} is evaluation-only (no training split), but {' and '.join(training)} would "
                 f"train on it: drop them ({' '.join('~' + t for t in training)}) and evaluate a checkpoint with "
                 "ttc.init_from=DIR, or compare"
+            )
+        if self.task.prompt == "chat" and self.enabled("pretrain"):
+            raise ValueError(
+                "task.prompt=chat needs an instruct model's chat template, and pretrain trains thinkflow's own "
+                "character-level model (none): drop pretrain (~pretrain) and start from a checkpoint "
+                "(rl.init_from=..., sft.init_from=..., ttc.init_from=...)"
             )
         for spec in stage_specs():
             if spec.check is not None and self.enabled(spec.name):

@@ -128,3 +128,13 @@ def test_large_vocabulary_sampling_draws_the_distribution_and_never_a_filtered_t
     tok, lp = _pick(logits.expand(2000, -1), SamplingParams(temperature=1.0, top_k=2), gen)
     assert set(tok.tolist()) == {1500, 20_000}  # the two highest only
     assert torch.allclose(lp, logits[0].log_softmax(-1)[tok])  # log-probs under the unfiltered distribution
+
+
+def test_the_generation_configs_end_tokens_end_a_sample(engine):
+    """Instruct models end a turn with a token of their own (listed in their generation config), not EOS."""
+    first = engine.generate(PROMPTS[:1], SamplingParams(max_new_tokens=6, ignore_eos=True))[0][0].token_ids
+    model, tok = build_model_and_tokenizer(TINY, seed=1)
+    model.generation_config.eos_token_id = [tok.eos_token_id, first[2]]
+    out = HFEngine(model, tok).generate(PROMPTS[:1], SamplingParams(max_new_tokens=6))[0][0]
+    stop = first.index(first[2]) + 1
+    assert out.token_ids == first[:stop] and out.finish_reason == "stop"

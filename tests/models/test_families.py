@@ -4,9 +4,13 @@ Mistral (sliding window), Gemma 3 (sliding/global layers, scaled embeddings), Ph
 token for token that of ``transformers.generate`` (the Llama fast path and the generic path alike), its
 log-probs are those of a forward pass, and each family runs rl -> ttc -> compare."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from mlflow import MlflowClient
 
 from tests.conftest import compose
 from thinkflow.inference import HFEngine, SamplingParams
@@ -15,6 +19,7 @@ from thinkflow.models.families import FAMILIES, write_tiny
 from thinkflow.models.flops import FlopModel
 from thinkflow.rl.rollout import build_batch, token_logprobs
 from thinkflow.runner import run_stage, start_pipeline_run
+from thinkflow.tracking import resolve_uri
 from thinkflow.training import disable_dropout
 
 PROMPTS = ["12*34=", "7+5= the answer", "999-1=", "think first"]
@@ -100,9 +105,12 @@ def test_an_unknown_family_names_the_known_ones():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_family_runs_rl_then_ttc_then_compare(family, checkpoints, tmp_path):
     """The stages with a non-Llama policy and a BPE tokenizer: RL samples, scores, steps and exports it (a random
-    model earns no reward, so its update is the learner test's job), ttc and compare score it."""
+    model earns no reward, so its update is the learner test's job), ttc and compare score it. Qwen3 runs with
+    task.prompt=chat: every rollout's prompt is its chat template's."""
+    chat = family == "qwen3"
     config = compose(
         [
+            *(["task.prompt=chat"] if chat else []),
             "~pretrain",
             f"rl.init_from={checkpoints[family]}",
             "rl.max_steps=2",
@@ -121,6 +129,10 @@ def test_each_family_runs_rl_then_ttc_then_compare(family, checkpoints, tmp_path
     parent = start_pipeline_run(config, None)
     rl = run_stage("rl", config, parent, {}, None)
     assert rl.metrics["steps"] == 2 and rl.metrics["n_val"] > 0
+    client = MlflowClient(resolve_uri(config["tracking"]["uri"], tmp_path))
+    rows = json.loads(Path(client.download_artifacts(rl.run_id, "samples/rollouts.json", str(tmp_path))).read_text())
+    prompts = [row[rows["columns"].index("prompt")] for row in rows["data"]]
+    assert prompts and all(p.endswith("<eos>\n<|assistant|>\n") == chat for p in prompts)
     after, tok = load_checkpoint(rl.checkpoint)
     assert after.config.model_type == family and len(tok) > 256
     ttc = run_stage("ttc", config, parent, {"rl": rl}, None)

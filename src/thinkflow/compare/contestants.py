@@ -25,7 +25,7 @@ from pathlib import Path
 
 from thinkflow.compare.cache import ResponseCache
 from thinkflow.compare.client import APIClient, Call, Endpoint, Limits, MissingKey, SpendCapReached
-from thinkflow.compare.prompts import chat_to_text, render
+from thinkflow.tasks.prompts import chat_to_text, render
 from thinkflow.config import APIConfig, ContestantConfig
 from thinkflow.inference import Sample, SamplingParams, open_engine
 from thinkflow.inference.hf import HFEngine

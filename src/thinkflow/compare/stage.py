@@ -26,7 +26,7 @@ import pandas as pd
 
 from thinkflow.compare.client import APIError, SpendCapReached
 from thinkflow.compare.contestants import Contestant, Skip, open_contestant
-from thinkflow.compare.prompts import stop_strings
+from thinkflow.tasks.prompts import stop_strings
 from thinkflow.compare.report import comparison_table, cost_plot, markdown, matched_compute
 from thinkflow.config import CompareConfig, PipelineConfig
 from thinkflow.envs import with_env

@@ -94,7 +94,7 @@ class HFEngine:
         self.max_batch = max_batch
         self.autocast = autocast  # e.g. torch.bfloat16: matmuls in bf16 (trainer.precision), log-probs in fp32
         self.fast = fast and llama_fast.supports(model)
-        self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        self.eos_ids = _end_ids(model, tokenizer)
         self.max_len = getattr(model.config, "max_position_embeddings", None)
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
@@ -186,6 +186,14 @@ class HFEngine:
                 group.append(Sample(offset + b, text, ids, lps[r, :k].tolist(), finish[r], plen))
             out.append(group)
         return out
+
+
+def _end_ids(model, tokenizer) -> set[int]:
+    """Token ids that end a sample: the tokenizer's EOS and the model's generation config's (instruct models end
+    a turn with their own token, e.g. Gemma's ``<end_of_turn>``, Qwen's ``<|im_end|>``)."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(ids if isinstance(ids, list | tuple) else [] if ids is None else [ids])
+    return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
 
 
 def _pick(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator):

@@ -116,7 +116,7 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     if rc.lora is not None:  # adapters only; the base weights stay frozen
         model = apply_lora(model, **rc.lora.model_dump(), where="rl.lora")
     model.train()
-    task = cfg.task.build()
+    task = cfg.task.build(tokenizer)
     n_pool = rc.max_steps * rc.prompts_per_step * tc.world_size * (1 + rc.max_refill)
     train, val = training_problems(cfg, task, min(n_pool, 50_000), ctx)
     _check_lengths(tokenizer, train[:1000] + val, model, rc.max_new_tokens)

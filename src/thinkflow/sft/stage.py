@@ -111,11 +111,12 @@ def run_sft(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     sc, tc = cfg.sft, cfg.trainer
     torch.set_num_threads(tc.num_threads or max(1, os.cpu_count() or 1))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    task = cfg.task.build()
+    init = starting_checkpoint(cfg, ctx.upstream)
+    model, tokenizer = load_checkpoint(init)
+    task = cfg.task.build(tokenizer)  # task.prompt=chat: the student's chat template (teachers get the same text)
     sources = sc.active_sources
     if isinstance(task, EnvTask) and any(s.kind in SAMPLED for s in sources.values()):
         raise ConfigError(f"sft: task {task.name} is an environment task; its sources can only be kind=gold here")
-    init = starting_checkpoint(cfg, ctx.upstream)
     teachers = {n: teacher_checkpoint(n, s, ctx.upstream) for n, s in sources.items() if s.kind == "teacher"}
     train, test = training_problems(cfg, task, sc.n_problems, ctx)
     section = sft_section(cfg, init, teachers)
@@ -126,7 +127,6 @@ def run_sft(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
         run_id, {"task.n_train": str(len(train)), **{f"sft.teacher.{n}": p for n, p in teachers.items()}}
     )
 
-    model, tokenizer = load_checkpoint(init)
     _check_lengths(cfg, task, tokenizer, train + test, model.config.max_position_embeddings)
     val_examples = encode(tokenizer, [p.prompt for p in test], [task.completion_segments(p) for p in test])
     start = _start_eval(model, tokenizer, task, test, val_examples, sc, work)

@@ -70,9 +70,6 @@ def check_config(cfg: PipelineConfig) -> None:
 
 def run_ttc(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     tc = cfg.ttc
-    task = cfg.task.build()
-    n_problems = tc.n_problems or cfg.task.n_test
-    train, problems = task.splits(tc.verifier.train_problems, n_problems, seed=cfg.seed)
     ckpts = checkpoints_to_evaluate(cfg, ctx.upstream)
     work = stage_work_dir(
         cfg,
@@ -86,7 +83,7 @@ def run_ttc(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     t0 = time.perf_counter()
     points, budgets, tables, summaries = [], [], {}, {}
     for name, path in ckpts.items():
-        pts, bud, table, summary = _evaluate(cfg, ctx, task, train, problems, name, path, work)
+        pts, bud, table, summary = _evaluate(cfg, ctx, name, path, work)
         points.append(pts)
         budgets.append(bud)
         tables[name], summaries[name] = table, summary
@@ -96,17 +93,13 @@ def run_ttc(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
 
 
 def _evaluate(
-    cfg: PipelineConfig,
-    ctx: StageContext,
-    task: Task,
-    train: list[Problem],
-    problems: list[Problem],
-    name: str,
-    path: str,
-    work: Path,
+    cfg: PipelineConfig, ctx: StageContext, name: str, path: str, work: Path
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     tc = cfg.ttc
     with open_engine(tc.backend, path) as engine:
+        # the same problems for every checkpoint; with task.prompt=chat, in each one's own chat template
+        task = cfg.task.build(engine.tokenizer)
+        train, problems = task.splits(tc.verifier.train_problems, tc.n_problems or cfg.task.n_test, seed=cfg.seed)
         model = engine.model if hasattr(engine, "model") else None
         table, gen_wall = sample_table(engine, task, problems, tc.n_max, tc.temperature, tc.max_new_tokens, tc.seed)
         flop_model = FlopModel.from_config(_model_config(path))
