@@ -161,6 +161,7 @@ class TrainerConfig(_Strict):
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"]  # auto: bf16 where native
     num_threads: int | None = Field(ge=1)  # torch threads per process; null = cores / devices
     progress_bar: bool
+    gradient_checkpointing: bool  # recompute each layer's activations in the backward pass (HF models)
     # How the flow starts a multi-process stage: torchrun (this node only), or DeepSpeed's launcher,
     # which starts `devices` processes on each of the first `num_nodes` hosts of `hostfile`
     # ("host slots=N" lines) through `multinode_runner` (pdsh over passwordless ssh, MPI or SLURM's srun).

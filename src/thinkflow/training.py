@@ -17,7 +17,7 @@ from thinkflow.distributed import full_parameters, is_rank_zero
 from thinkflow.distributed.strategy import build_strategy
 from thinkflow.evaluation import greedy_accuracy
 from thinkflow.inference import HFEngine
-from thinkflow.models.lora import is_lora, merged_copy
+from thinkflow.models.lora import base_model, is_lora, merged_copy
 from thinkflow.models.precision import resolve_precision
 from thinkflow.profile.ledger import record_training
 from thinkflow.tracking import write_json
@@ -62,6 +62,13 @@ def disable_dropout(model: torch.nn.Module) -> int:
         if isinstance(rate, float) and rate > 0:
             module.attention_dropout, changed = 0.0, changed + 1
     return changed
+
+
+def set_gradient_checkpointing(model, enabled: bool) -> None:
+    """``trainer.gradient_checkpointing``: each decoder layer's activations are recomputed in the backward pass
+    instead of kept (non-reentrant, so frozen inputs, e.g. under LoRA, still pass gradients). Same gradients."""
+    if enabled:
+        base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def adamw_warmup_cosine(

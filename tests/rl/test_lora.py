@@ -14,8 +14,9 @@ from thinkflow.config import ConfigError, validate
 from thinkflow.inference import HFEngine, SamplingParams
 from thinkflow.models import load_checkpoint
 from thinkflow.models.families import write_tiny
-from thinkflow.models.lora import AdaptersOff, apply_lora, merged_copy, trainable_params
+from thinkflow.models.lora import AdaptersOff, apply_lora, base_model, merged_copy, trainable_params
 from thinkflow.runner import run_stage, start_pipeline_run
+from thinkflow.training import set_gradient_checkpointing
 
 LORA = "rl.lora={r:4,alpha:8,dropout:0.0,target_modules:[q_proj,v_proj,down_proj]}"
 PROMPTS = ["12*34=", "7+5=", "999-1=", "think first"]
@@ -64,6 +65,23 @@ def test_adapters_off_is_the_base_model_and_the_merged_copy_is_the_adapted_one(t
     assert torch.allclose(off, want, atol=1e-5) and not torch.allclose(on, want, atol=1e-3)
     assert torch.allclose(merged, on, atol=1e-4)
     assert trainable_params(model) < 0.2 * sum(p.numel() for p in model.parameters())
+
+
+def test_gradient_checkpointing_gives_the_adapters_the_same_gradients(tiny_llama):
+    """trainer.gradient_checkpointing recomputes activations in the backward pass; with LoRA the inputs of the
+    frozen layers need no gradient of their own (non-reentrant), and the adapters' gradients are unchanged."""
+    ids = torch.randint(3, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for enabled in (False, True):
+        model, _ = _adapted(tiny_llama)
+        set_gradient_checkpointing(model, enabled)
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+        assert base_model(model).is_gradient_checkpointing == enabled
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and all("lora_" in n for n in grads[0])
+    for name, g in grads[0].items():
+        assert g is not None and g.abs().sum() > 0 and torch.allclose(g, grads[1][name], atol=1e-6), name
 
 
 def test_target_modules_the_model_lacks_are_named_with_its_layers(tiny_llama):

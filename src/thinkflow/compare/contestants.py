@@ -25,7 +25,6 @@ from pathlib import Path
 
 from thinkflow.compare.cache import ResponseCache
 from thinkflow.compare.client import APIClient, Call, Endpoint, Limits, MissingKey, SpendCapReached
-from thinkflow.tasks.prompts import chat_to_text, render
 from thinkflow.config import APIConfig, ContestantConfig
 from thinkflow.inference import Sample, SamplingParams, open_engine
 from thinkflow.inference.hf import HFEngine
@@ -33,6 +32,7 @@ from thinkflow.models import CheckpointError, load_checkpoint, n_params
 from thinkflow.models.flops import FlopModel
 from thinkflow.stages import upstream_checkpoint
 from thinkflow.tasks import Problem, Task
+from thinkflow.tasks.prompts import chat_to_text, render
 from thinkflow.tracking import STAGE_TAG, Tracker
 
 

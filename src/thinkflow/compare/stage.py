@@ -26,7 +26,6 @@ import pandas as pd
 
 from thinkflow.compare.client import APIError, SpendCapReached
 from thinkflow.compare.contestants import Contestant, Skip, open_contestant
-from thinkflow.tasks.prompts import stop_strings
 from thinkflow.compare.report import comparison_table, cost_plot, markdown, matched_compute
 from thinkflow.config import CompareConfig, PipelineConfig
 from thinkflow.envs import with_env
@@ -40,6 +39,7 @@ from thinkflow.scaling.sequential import budget_points
 from thinkflow.scaling.table import sample_rows
 from thinkflow.stages import StageContext, config_key, stage_work_dir
 from thinkflow.tasks import Problem, Task
+from thinkflow.tasks.prompts import stop_strings
 from thinkflow.tracking import FLOW_RUN_TAG, STAGE_TAG
 
 CONTESTANT_TAG = "contestant"

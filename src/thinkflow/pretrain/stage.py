@@ -25,7 +25,7 @@ from thinkflow.registry import StageResult, StageSpec
 from thinkflow.stages import StageContext, stage_work_dir, stage_work_path, training_problems
 from thinkflow.tracking import flatten
 from thinkflow.tracking.lightning import TrackerLogger
-from thinkflow.training import build_trainer, export_hf
+from thinkflow.training import build_trainer, export_hf, set_gradient_checkpointing
 
 
 def pretrain_section(cfg: PipelineConfig) -> dict:
@@ -56,6 +56,7 @@ def run_pretrain(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
         model, tokenizer = load_checkpoint(pc.init_from)
     else:
         model, tokenizer = build_model_and_tokenizer(cfg.model.model_dump(), seed=cfg.seed)
+    set_gradient_checkpointing(model, tc.gradient_checkpointing)
     section = pretrain_section(cfg)
     work = stage_work_dir(cfg, "pretrain", section)
     ckpt_dir, hf_dir, resume = training_dirs(work, "pretrain")

@@ -115,7 +115,8 @@ class RolloutWorker:
         self.model, self.tokenizer = load_checkpoint(checkpoint)
         self.model.eval().requires_grad_(False)
         self.engine = HFEngine(self.model, self.tokenizer)
-        self.task = TaskConfig(**task).build(self.tokenizer)  # the stage's task config (less n_test), built as the stage builds it
+        # the stage's task config (less n_test), built as the stage builds it
+        self.task = TaskConfig(**task).build(self.tokenizer)
         self.reward = RewardConfig(self.rl.reward.correct_weight, self.rl.reward.format_weight)
         rl_ = self.rl
         self.objective = ObjectiveConfig(

@@ -39,7 +39,7 @@ from thinkflow.rl.sync import InProcessPolicy, VLLMPolicy
 from thinkflow.stages import StageContext, config_key, stage_work_dir, training_problems, upstream_checkpoint
 from thinkflow.tasks import Problem
 from thinkflow.tracking import flatten
-from thinkflow.training import build_trainer, disable_dropout, export_hf
+from thinkflow.training import build_trainer, disable_dropout, export_hf, set_gradient_checkpointing
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -115,6 +115,7 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     disable_dropout(model)  # the ratio and the KL compare the policy that sampled, not a random sub-network
     if rc.lora is not None:  # adapters only; the base weights stay frozen
         model = apply_lora(model, **rc.lora.model_dump(), where="rl.lora")
+    set_gradient_checkpointing(model, tc.gradient_checkpointing)
     model.train()
     task = cfg.task.build(tokenizer)
     n_pool = rc.max_steps * rc.prompts_per_step * tc.world_size * (1 + rc.max_refill)

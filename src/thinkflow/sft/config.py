@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from thinkflow.config import _Strict
+from thinkflow.config import LoRAConfig, _Strict
 
 SAMPLED = ("teacher", "self")  # kinds whose traces are sampled and filtered by the task's verifier
 
@@ -44,6 +44,7 @@ class SFTConfig(_Strict):
     n_problems: int = Field(ge=1)  # training problems the sources draw from (after decontamination)
     max_steps: int = Field(ge=1)  # optimizer steps per round
     batch_size: int = Field(ge=1)  # examples per optimizer step
+    lora: LoRAConfig | None  # null: full fine-tuning; else adapters only, merged into each round's export
     packing: bool  # pack a batch's examples into rows of up to the model context (no attention across them)
     lr: float = Field(gt=0)
     min_lr_ratio: float = Field(ge=0, le=1)

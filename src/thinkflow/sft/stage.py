@@ -38,6 +38,7 @@ from thinkflow.envs import EnvTask
 from thinkflow.evaluation import greedy_accuracy
 from thinkflow.inference import HFEngine, SamplingParams, open_engine
 from thinkflow.models import CheckpointError, load_checkpoint, n_params
+from thinkflow.models.lora import apply_lora
 from thinkflow.profile.ledger import phase
 from thinkflow.registry import StageResult, StageSpec
 from thinkflow.sft.config import SAMPLED, SFTConfig, SourceConfig
@@ -59,7 +60,7 @@ from thinkflow.sft.sources import (
 from thinkflow.stages import StageContext, config_key, stage_work_dir, training_problems, upstream_checkpoint
 from thinkflow.tasks import Problem, Task
 from thinkflow.tracking import flatten, write_json
-from thinkflow.training import build_trainer, export_hf
+from thinkflow.training import build_trainer, export_hf, set_gradient_checkpointing
 
 log = logs.get("sft")
 
@@ -150,6 +151,9 @@ def run_sft(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
             continue
         kept = [c for c in candidates if c.status == KEPT]
         model, tokenizer = load_checkpoint(policy)
+        if sc.lora is not None:  # fresh adapters on this round's policy (the last round's merged export)
+            model = apply_lora(model, **sc.lora.model_dump(), where="sft.lora")
+        set_gradient_checkpointing(model, cfg.trainer.gradient_checkpointing)
         evaluation = _train_round(cfg, ctx, task, model, tokenizer, kept, problems, test, val_examples, rdir, r)
         export_hf(model, tokenizer, hf_export_dir(rdir), {"stage": "sft", "round": r, "init_from": policy})
         info = {"round": r, "examples": len(kept), **{k: evaluation[k] for k in ("accuracy", "val_loss", "step")}}
