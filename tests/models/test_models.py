@@ -85,3 +85,15 @@ def test_model_sources_are_a_directory_a_gguf_file_or_a_hub_id(tmp_path, monkeyp
         load_checkpoint("google/gemma-3-270m")
     with pytest.raises(CheckpointError, match="m.gguf is unreadable"):  # not a real GGUF: named, not a traceback
         load_checkpoint(tmp_path / "m.gguf")
+
+
+def test_a_gguf_of_an_architecture_transformers_cannot_load_is_named_before_loading(tmp_path):
+    gguf = pytest.importorskip("gguf")  # the gemma extra (installed in CI)
+    path = tmp_path / "encoder.gguf"
+    writer = gguf.GGUFWriter(str(path), "bert")  # a header with its architecture, no weights
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(CheckpointError, match=r"encoder.gguf: a GGUF of architecture 'bert', which .* loads .*gemma3"):
+        load_checkpoint(path)

@@ -110,6 +110,8 @@ def load_checkpoint(source: str | Path, dtype: torch.dtype = torch.float32):
     with a clear error when it cannot be read."""
     kind = checkpoint_kind(source)
     source = resolve_source(source)
+    if kind == "gguf":
+        _check_gguf_architecture(Path(source))
     where, kwargs = (str(Path(source).parent), {"gguf_file": Path(source).name}) if kind == "gguf" else (source, {})
     try:
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
@@ -122,6 +124,27 @@ def load_checkpoint(source: str | Path, dtype: torch.dtype = torch.float32):
     if tokenizer.pad_token is None:  # batched generation left-pads: base models often ship no pad token
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _check_gguf_architecture(path: Path) -> None:
+    """A GGUF whose architecture transformers cannot load as a causal LM is named as such before any loading
+    (the GGUF header is read, not the weights; unreadable headers are left to the loader's own error)."""
+    try:
+        from gguf import GGUFReader
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    except ImportError:
+        return  # transformers then says what to install
+    try:
+        field = GGUFReader(path).fields.get("general.architecture")
+        arch = bytes(field.parts[field.data[0]]).decode() if field is not None else None
+    except Exception:  # not a GGUF at all: load_checkpoint's message covers it
+        return
+    causal = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer", "t5", "umt5"})
+    if arch is not None and arch not in causal:
+        raise CheckpointError(
+            f"{path}: a GGUF of architecture {arch!r}, which transformers cannot load as a causal LM; it loads "
+            f"{', '.join(causal)}"
+        )
 
 
 def _as_plain_model(model) -> None:
