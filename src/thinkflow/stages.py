@@ -79,5 +79,18 @@ def training_problems(cfg: PipelineConfig, task: Task, n_train: int, ctx: StageC
     return ([train[i] for i in report.kept] if dropped else train), test
 
 
+def check_context(tokenizer, problems: list[Problem], context: int | None, new_tokens: int, key: str) -> None:
+    """Before any compute: the longest prompt plus ``new_tokens`` (config key ``key``) must fit the model's
+    context of ``context`` tokens (None: no limit known)."""
+    if not context or not problems:
+        return
+    longest = max(len(ids) for ids in tokenizer([p.prompt for p in problems]).input_ids)
+    if longest + new_tokens > context:
+        raise ConfigError(
+            f"{key}={new_tokens} + the longest prompt ({longest} tokens) exceeds the model context of {context} "
+            f"tokens; lower {key}"
+        )
+
+
 def _text(problem: Problem) -> str:
     return problem.meta.get("question", problem.prompt)

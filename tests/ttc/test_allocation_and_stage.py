@@ -81,6 +81,9 @@ def test_ttc_eval_stage_on_a_tiny_checkpoint(tmp_path):
     table = pd.read_csv(client.download_artifacts(result.run_id, "ttc/samples_pretrain.csv", str(tmp_path / "dl")))
     assert no_answer == pytest.approx(1 - table.has_answer.mean())  # counted, and they are all wrong:
     assert not table[~table.has_answer].correct.any()
+    too_long = compose(["seed=1", "ttc.max_new_tokens=60"], root=tmp_path) | {"rl": None}
+    with pytest.raises(ConfigError, match=r"ttc.max_new_tokens=60 \+ the longest prompt .* context of 64 tokens"):
+        run_stage("ttc", too_long, parent, up, None)  # before any sampling
 
 
 def test_ttc_eval_on_math500_reports_by_level_and_allocates_over_levels(tmp_path):

@@ -36,7 +36,14 @@ from thinkflow.models.precision import autocast_dtype, resolve_precision
 from thinkflow.registry import StageResult, StageSpec
 from thinkflow.rl.learner import GRPOModule
 from thinkflow.rl.sync import InProcessPolicy, VLLMPolicy
-from thinkflow.stages import StageContext, config_key, stage_work_dir, training_problems, upstream_checkpoint
+from thinkflow.stages import (
+    StageContext,
+    check_context,
+    config_key,
+    stage_work_dir,
+    training_problems,
+    upstream_checkpoint,
+)
 from thinkflow.tasks import Problem
 from thinkflow.tracking import flatten
 from thinkflow.training import build_trainer, disable_dropout, export_hf, set_gradient_checkpointing
@@ -90,18 +97,6 @@ def rl_section(cfg: PipelineConfig, init: str) -> dict:
     }
 
 
-def _check_lengths(
-    tokenizer: PreTrainedTokenizerBase, problems: list[Problem], model: PreTrainedModel, max_new_tokens: int
-) -> None:
-    limit = model.config.max_position_embeddings
-    longest = max(len(ids) for ids in tokenizer([p.prompt for p in problems]).input_ids)
-    if longest + max_new_tokens > limit:
-        raise ConfigError(
-            f"rl.max_new_tokens={max_new_tokens} + the longest prompt ({longest} tokens) exceeds the model "
-            f"context of {limit} tokens; lower rl.max_new_tokens"
-        )
-
-
 # One RL step = several optimizer steps of manual optimization; checkpoints land between RL steps.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
@@ -120,7 +115,9 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     task = cfg.task.build(tokenizer)
     n_pool = rc.max_steps * rc.prompts_per_step * tc.world_size * (1 + rc.max_refill)
     train, val = training_problems(cfg, task, min(n_pool, 50_000), ctx)
-    _check_lengths(tokenizer, train[:1000] + val, model, rc.max_new_tokens)
+    check_context(
+        tokenizer, train[:1000] + val, model.config.max_position_embeddings, rc.max_new_tokens, "rl.max_new_tokens"
+    )
     section = rl_section(cfg, init)
     work = stage_work_dir(cfg, "rl", section)
     ckpt_dir, hf_dir, resume = training_dirs(work, "rl")

@@ -31,7 +31,7 @@ from thinkflow.registry import StageResult, StageSpec
 from thinkflow.scaling.curves import VERIFIER_SCORED, curve_points, per_problem, problem_compute
 from thinkflow.scaling.sequential import BUDGET_COLUMNS, budget_points
 from thinkflow.scaling.table import sample_table
-from thinkflow.stages import StageContext, config_key, stage_work_dir, upstream_checkpoint
+from thinkflow.stages import StageContext, check_context, config_key, stage_work_dir, upstream_checkpoint
 from thinkflow.tasks import Problem, Task
 from thinkflow.ttc.allocation import compute_optimal, compute_saving, difficulty_bins
 from thinkflow.ttc.plots import accuracy_vs, budget_plot
@@ -100,6 +100,9 @@ def _evaluate(
         # the same problems for every checkpoint; with task.prompt=chat, in each one's own chat template
         task = cfg.task.build(engine.tokenizer)
         train, problems = task.splits(tc.verifier.train_problems, tc.n_problems or cfg.task.n_test, seed=cfg.seed)
+        context = getattr(getattr(engine, "model", None), "config", None)
+        context = getattr(context, "max_position_embeddings", None)
+        check_context(engine.tokenizer, problems + train, context, tc.max_new_tokens, "ttc.max_new_tokens")
         model = engine.model if hasattr(engine, "model") else None
         table, gen_wall = sample_table(engine, task, problems, tc.n_max, tc.temperature, tc.max_new_tokens, tc.seed)
         flop_model = FlopModel.from_config(_model_config(path))
