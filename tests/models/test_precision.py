@@ -1,6 +1,7 @@
 """trainer.precision=auto: bf16 mixed precision where the hardware does bf16 natively (CUDA, AVX512-BF16, AMX),
 fp32 elsewhere, recorded on the run; sampling under the same autocast."""
 
+import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -44,3 +45,18 @@ def test_the_rl_stage_records_the_precision_it_used(tiny, tmp_path):
     result = run_stage("rl", config, start_pipeline_run(config, None), {}, None)
     used = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").get_run(result.run_id).data.params
     assert used["trainer.precision_used"] == prec.resolve_precision("auto", "cpu")[0]
+
+
+def test_ttc_samples_in_the_training_precision_and_records_it(tiny, tmp_path):
+    """ttc (like compare) samples under trainer.precision's autocast; a precision change is a new result."""
+    common = ["~pretrain", "~rl", "~compare", f"ttc.init_from={tiny}", "ttc.n_max=2", "ttc.ks=[1,2]"]
+    common += ["ttc.n_problems=4", "ttc.max_new_tokens=6", "ttc.budgets=[]", "ttc.search.widths=[]"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    tables = {}
+    for precision in ("32-true", "bf16-mixed"):
+        config = compose([*common, f"trainer.precision={precision}"], root=tmp_path)
+        result = run_stage("ttc", config, start_pipeline_run(config, None), {}, None)
+        assert client.get_run(result.run_id).data.params["trainer.precision_used"] == precision
+        tables[precision] = client.download_artifacts(result.run_id, "ttc/samples_init.csv", str(tmp_path / precision))
+    fp32, bf16 = (pd.read_csv(tables[p]) for p in ("32-true", "bf16-mixed"))
+    assert not fp32.logprob_mean.equals(bf16.logprob_mean)  # sampled in bf16, not reused from the fp32 run

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from thinkflow.compare.cache import ResponseCache
 from thinkflow.compare.client import APIClient, Call, Endpoint, Limits, MissingKey, SpendCapReached
 from thinkflow.config import APIConfig, ContestantConfig
@@ -65,27 +67,35 @@ class Contestant:
 
 @contextmanager
 def open_contestant(
-    name: str, spec: ContestantConfig, upstream: dict, tracker: Tracker, work: Path, api: APIConfig
+    name: str,
+    spec: ContestantConfig,
+    upstream: dict,
+    tracker: Tracker,
+    work: Path,
+    api: APIConfig,
+    autocast: torch.dtype | None = None,
 ) -> Iterator[Contestant]:
+    """The contestant ``spec`` declares; local models sample under ``autocast`` (the training precision's)."""
     if spec.kind == "openai":
         yield _api_contestant(name, spec, api, work)
         return
     if spec.kind == "thinkflow":
         path = _thinkflow_checkpoint(spec, upstream, tracker, work)
-        with open_engine(spec.backend, path) as engine:
+        with open_engine(spec.backend, path, autocast=autocast) as engine:
             yield _local(name, spec, engine, path, info={"checkpoint": str(path)})
         return
     if spec.kind == "hf":
         if Path(spec.model).is_dir() or spec.backend == "vllm":
-            with open_engine(spec.backend, spec.model) as engine:
+            with open_engine(spec.backend, spec.model, autocast=autocast) as engine:
                 yield _local(name, spec, engine, spec.model)
             return
         model, tokenizer = load_checkpoint(spec.model)  # a hub id
-        yield _local(name, spec, HFEngine(model.eval(), tokenizer), spec.model)
+        yield _local(name, spec, HFEngine(model.eval(), tokenizer, autocast=autocast), spec.model)
         return
     directory, file = gguf_location(spec)
     model, tokenizer = load_checkpoint(directory / file)
-    yield _local(name, spec, HFEngine(model.eval(), tokenizer), str(directory / file), info={"gguf_file": file})
+    engine = HFEngine(model.eval(), tokenizer, autocast=autocast)
+    yield _local(name, spec, engine, str(directory / file), info={"gguf_file": file})
 
 
 def _local(name: str, spec: ContestantConfig, engine, where: str, info: dict | None = None) -> Contestant:

@@ -32,6 +32,7 @@ from thinkflow.envs import with_env
 from thinkflow.evaluation import breakdown, breakdown_metrics
 from thinkflow.inference import Engine, GenerationError, SamplingParams
 from thinkflow.models import CheckpointError
+from thinkflow.models.precision import sampling_precision
 from thinkflow.registry import StageResult, StageSpec
 from thinkflow.scaling.curves import curve_points, per_problem, problem_compute
 from thinkflow.scaling.estimators import bootstrap_ci
@@ -52,6 +53,7 @@ def run_compare(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     shots_needed = max(c.fewshot for c in cc.entrants.values())
     train, problems = task.splits(shots_needed, cc.n_problems or cfg.task.n_test, seed=cfg.seed)
     upstream_ckpts = {k: v.checkpoint for k, v in ctx.upstream.items()}
+    precision, autocast = sampling_precision(cfg.trainer.precision, cfg.trainer.accelerator)  # local contestants
     work = stage_work_dir(
         cfg,
         "compare",
@@ -60,6 +62,7 @@ def run_compare(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
             "task": cfg.task.model_dump(),
             "ckpts": config_key(upstream_ckpts),
             "seed": cfg.seed,
+            "precision": precision,
         },
     )
     ctx.tracker.log_params(
@@ -68,6 +71,7 @@ def run_compare(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
             "compare.contestants": ",".join(cc.entrants),
             "compare.n_problems": str(len(problems)),
             "compare.ks": str(cc.ks),
+            "trainer.precision_used": precision,
         },
     )
     t0 = time.perf_counter()
@@ -75,7 +79,7 @@ def run_compare(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     for name, spec in cc.entrants.items():
         summary = {"kind": spec.kind, "model": spec.model or spec.stage or spec.run or spec.package, "status": "ok"}
         try:
-            with open_contestant(name, spec, ctx.upstream, ctx.tracker, work, cc.api) as c:
+            with open_contestant(name, spec, ctx.upstream, ctx.tracker, work, cc.api, autocast) as c:
                 summary |= {"model": c.info.get("model", summary["model"]), "n_params": c.n_params}
                 pts, s = _contestant_run(cfg, ctx, c, task, problems, train, work)
                 points.append(pts)
@@ -358,6 +362,6 @@ STAGE = StageSpec(
     run=run_compare,
     config=CompareConfig,
     order=40,
-    inputs=("task", "seed"),
+    inputs=("task", "trainer", "seed"),  # trainer: the precision it samples in
     upstream=("pretrain", "sft", "rl"),
 )

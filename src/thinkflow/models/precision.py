@@ -45,3 +45,9 @@ def resolve_precision(requested: str, accelerator: str) -> tuple[str, str]:
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype sampling should use alongside a Lightning precision (None: plain fp32)."""
     return torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+
+
+def sampling_precision(requested: str, accelerator: str) -> tuple[str, torch.dtype | None]:
+    """(precision, autocast dtype) for a stage that only samples (ttc, compare): the training precision's."""
+    precision = resolve_precision(requested, accelerator)[0]
+    return precision, autocast_dtype(precision)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import torch
 
 from thinkflow import logs
 from thinkflow.config import ConfigError, PipelineConfig, TTCConfig
@@ -27,6 +28,7 @@ from thinkflow.envs import EnvTask, transcripts_markdown
 from thinkflow.evaluation import breakdown, breakdown_markdown, breakdown_metrics
 from thinkflow.inference import open_engine
 from thinkflow.models.flops import FlopModel
+from thinkflow.models.precision import sampling_precision
 from thinkflow.registry import StageResult, StageSpec
 from thinkflow.scaling.curves import VERIFIER_SCORED, curve_points, per_problem, problem_compute
 from thinkflow.scaling.sequential import BUDGET_COLUMNS, budget_points
@@ -71,19 +73,19 @@ def check_config(cfg: PipelineConfig) -> None:
 def run_ttc(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     tc = cfg.ttc
     ckpts = checkpoints_to_evaluate(cfg, ctx.upstream)
-    work = stage_work_dir(
-        cfg,
-        "ttc",
-        {"ttc": tc.model_dump(), "task": cfg.task.model_dump(), "ckpts": config_key(ckpts), "seed": cfg.seed},
-    )
+    precision, autocast = sampling_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    section = {"ttc": tc.model_dump(), "task": cfg.task.model_dump(), "ckpts": config_key(ckpts), "seed": cfg.seed}
+    work = stage_work_dir(cfg, "ttc", section | {"precision": precision})
     ctx.tracker.log_params(
         ctx.run_id,
-        {f"ttc.{k}": str(v) for k, v in tc.model_dump().items()} | {f"checkpoint.{n}": p for n, p in ckpts.items()},
+        {f"ttc.{k}": str(v) for k, v in tc.model_dump().items()}
+        | {f"checkpoint.{n}": p for n, p in ckpts.items()}
+        | {"trainer.precision_used": precision},
     )
     t0 = time.perf_counter()
     points, budgets, tables, summaries = [], [], {}, {}
     for name, path in ckpts.items():
-        pts, bud, table, summary = _evaluate(cfg, ctx, name, path, work)
+        pts, bud, table, summary = _evaluate(cfg, ctx, name, path, work, autocast)
         points.append(pts)
         budgets.append(bud)
         tables[name], summaries[name] = table, summary
@@ -93,10 +95,10 @@ def run_ttc(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
 
 
 def _evaluate(
-    cfg: PipelineConfig, ctx: StageContext, name: str, path: str, work: Path
+    cfg: PipelineConfig, ctx: StageContext, name: str, path: str, work: Path, autocast: torch.dtype | None
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     tc = cfg.ttc
-    with open_engine(tc.backend, path) as engine:
+    with open_engine(tc.backend, path, autocast=autocast) as engine:
         # the same problems for every checkpoint; with task.prompt=chat, in each one's own chat template
         task = cfg.task.build(engine.tokenizer)
         train, problems = task.splits(tc.verifier.train_problems, tc.n_problems or cfg.task.n_test, seed=cfg.seed)
@@ -358,7 +360,7 @@ STAGE = StageSpec(
     run=run_ttc,
     config=TTCConfig,
     order=30,
-    inputs=("task", "seed"),
+    inputs=("task", "trainer", "seed"),  # trainer: the precision it samples in
     upstream=("pretrain", "sft", "rl"),
     headline=("pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high", "maj_at_16", "maj_gain"),
     check=check_config,
