@@ -19,10 +19,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock, Timeout
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from thinkflow import liveness, logs, shutdown
 from thinkflow.registry import StageResult, stage_spec
 from thinkflow.tracking import resolve_uri
+from thinkflow.tracking.model_registry import MODELS_PREFIX, is_model_uri
 
 REUSED_TAG = "thinkflow.reused_from"
 
@@ -51,7 +54,29 @@ def stage_identity(name: str, config: dict, upstream: dict[str, StageResult]) ->
     inputs = {
         stage: [r.identity_key, r.run_id] for stage, r in upstream.items() if stage in spec.upstream
     }  # the results this stage consumes, not every earlier one
-    return {"stage": spec.name, "config": sections, "upstream": inputs, "code": code_version()}
+    identity = {"stage": spec.name, "config": sections, "upstream": inputs, "code": code_version()}
+    aliases = _registry_aliases(sections.get(spec.name), sections["tracking"]["uri"])
+    return identity | ({"registered": aliases} if aliases else {})
+
+
+def _registry_aliases(section, tracking_uri: str) -> dict[str, str]:
+    """``models:/NAME@ALIAS`` values in a stage's section, each with the version the alias points at now: when
+    the alias moves (a new champion), the stage's result is a new one."""
+    found: dict[str, str] = {}
+    values = [section]
+    while values:
+        value = values.pop()
+        if isinstance(value, dict):
+            values.extend(value.values())
+        elif isinstance(value, list | tuple):
+            values.extend(value)
+        elif isinstance(value, str) and is_model_uri(value) and "@" in value:
+            name, alias = value.removeprefix(MODELS_PREFIX).split("@", 1)
+            try:
+                found[value] = str(MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version)
+            except MlflowException:
+                found[value] = "unresolved"  # the stage itself then says what is wrong
+    return found
 
 
 def identity_key(identity: dict) -> str:

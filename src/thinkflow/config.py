@@ -421,6 +421,7 @@ class TrackingConfig(_Strict):
     uri: str | None
     experiment: str = Field(min_length=1)
     log_checkpoint: bool
+    register_models: bool  # each training stage's checkpoint: a version of thinkflow-<task>-<model> in the registry
 
 
 class CacheConfig(_Strict):

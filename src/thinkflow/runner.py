@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from thinkflow import logs
-from thinkflow.caching import REUSED_TAG
+from thinkflow.caching import REUSED_TAG, code_version
 from thinkflow.config import PipelineConfig, validate
 from thinkflow.distributed import world_size
 from thinkflow.distributed.launch import launch
 from thinkflow.profile.ledger import PeakMemory, stage_ledger
 from thinkflow.profile.pipeline import pipeline_profile, stage_metrics
 from thinkflow.registry import StageResult, StageSpec, stage_spec, stage_specs
-from thinkflow.stages import StageContext
+from thinkflow.stages import StageContext, config_key
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -28,9 +28,11 @@ from thinkflow.tracking import (
     check_server,
     defer_run_status,
     flatten,
+    metric_key,
     resolve_uri,
     server_problem,
 )
+from thinkflow.tracking.model_registry import is_model_uri, register_checkpoint, registered_name
 
 log = logging.getLogger("thinkflow")  # "<stage>: ..." lines name their stage themselves
 
@@ -112,12 +114,47 @@ def run_stage(
                 phases = ledger.as_dict()
             result.profile = memory.stop() | {"phases": phases}  # wall, peak memory and compute by phase
             tracker.log_metrics(run_id, stage_metrics(result.profile))
+            if spec.trains and result.checkpoint and cfg.tracking.register_models:
+                result.details["registered"] = register_result(cfg, spec, tracker, run_id, result, upstream)
     finally:
         memory.stop()
     numbers = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if k in spec.headline)
     where = ", ".join(f for f in (numbers, result.checkpoint or result.table or "") if f)
     logs.get(spec.name).info("done; MLflow run %s; %s", run_id, where)
     return result
+
+
+def register_result(
+    cfg: PipelineConfig, spec: StageSpec, tracker: Tracker, run_id: str, result: StageResult, upstream: dict
+) -> dict[str, str]:
+    """The stage's checkpoint as a new version of ``thinkflow-<task>-<model>``, tagged with its lineage: the
+    version it started from (the registered upstream result it trained on, or a ``models:/`` init_from)."""
+    parents = [r.details["registered"] for r in upstream.values() if "registered" in r.details]
+    init = getattr(getattr(cfg, spec.name), "init_from", None)
+    if is_model_uri(init):
+        parent = init.removeprefix("models:/")
+    else:  # the last registered result upstream (stages run in order: sft after pretrain)
+        parent = f"{parents[-1]['name']}/{parents[-1]['version']}" if parents and not init else ""
+    name = parents[-1]["name"] if parents and not init else registered_name(cfg.task.name, _model_label(cfg, init))
+    task = cfg.task
+    tags = {
+        "stage": spec.name,
+        "parent_version": parent or "none",
+        "config_hash": config_key(cfg.model_dump(include={spec.name, *spec.inputs})),
+        "code_version": code_version(),
+        "data": f"task={task.name} difficulty={task.difficulty} source={task.source} prompt={task.prompt}",
+        "run_id": run_id,
+        **{f"metric.{metric_key(k)}": f"{v:.4g}" for k, v in result.metrics.items() if k in spec.headline},
+    }
+    version = register_checkpoint(tracker, run_id, name, result.checkpoint, tags, f"{spec.name} of run {run_id}")
+    return {"name": name, "version": version}
+
+
+def _model_label(cfg: PipelineConfig, init: str | None) -> str:
+    """What the lineage starts from: thinkflow's own model config by name, or the checkpoint a stage starts at."""
+    if not init:
+        return cfg.model.name
+    return Path(str(init).removeprefix("package:")).name.removesuffix(".gguf") or "model"
 
 
 def record_reuse(name: str, config: dict, parent_run_id: str, result: StageResult, flow_run_id: str | None) -> str:

@@ -13,7 +13,8 @@ from thinkflow.config import ConfigError, PipelineConfig
 from thinkflow.contamination import ContaminationError, check_training_problems
 from thinkflow.registry import StageResult
 from thinkflow.tasks import Problem, Task
-from thinkflow.tracking import Tracker
+from thinkflow.tracking import Tracker, resolve_uri
+from thinkflow.tracking.model_registry import RegistryError, is_model_uri, resolve_model_uri
 
 log = logs.get("data")
 
@@ -77,6 +78,18 @@ def training_problems(cfg: PipelineConfig, task: Task, n_train: int, ctx: StageC
             report.describe(),
         )
     return ([train[i] for i in report.kept] if dropped else train), test
+
+
+def local_source(cfg: PipelineConfig, source: str | None) -> str | None:
+    """A model source as the stage loads it: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` becomes that
+    registered version's HF directory (downloaded once under ``<work_dir>/registry``); anything else as given."""
+    if not is_model_uri(source):
+        return source
+    uri = resolve_uri(cfg.tracking.uri, cfg.paths.root)
+    try:
+        return str(resolve_model_uri(str(source), uri, Path(cfg.paths.work_dir) / "registry"))
+    except RegistryError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_context(tokenizer, problems: list[Problem], context: int | None, new_tokens: int, key: str) -> None:

@@ -40,6 +40,7 @@ from thinkflow.stages import (
     StageContext,
     check_context,
     config_key,
+    local_source,
     stage_work_dir,
     training_problems,
     upstream_checkpoint,
@@ -58,7 +59,8 @@ log = logs.get("rl")
 
 def starting_checkpoint(cfg: PipelineConfig, upstream: dict[str, StageResult]) -> str:
     """``rl.init_from``, else the sft result when sft ran, else the pretrain result."""
-    init = cfg.rl.init_from or upstream_checkpoint(upstream, "sft") or upstream_checkpoint(upstream, "pretrain")
+    init = local_source(cfg, cfg.rl.init_from)
+    init = init or upstream_checkpoint(upstream, "sft") or upstream_checkpoint(upstream, "pretrain")
     if not init:
         raise ConfigError("rl: no starting checkpoint (no sft or pretrain result upstream and rl.init_from is not set)")
     try:

@@ -57,7 +57,14 @@ from thinkflow.sft.sources import (
     select,
     source_counts,
 )
-from thinkflow.stages import StageContext, config_key, stage_work_dir, training_problems, upstream_checkpoint
+from thinkflow.stages import (
+    StageContext,
+    config_key,
+    local_source,
+    stage_work_dir,
+    training_problems,
+    upstream_checkpoint,
+)
 from thinkflow.tasks import Problem, Task
 from thinkflow.tracking import flatten, write_json
 from thinkflow.training import build_trainer, export_hf, set_gradient_checkpointing
@@ -66,7 +73,7 @@ log = logs.get("sft")
 
 
 def starting_checkpoint(cfg: PipelineConfig, upstream: dict[str, StageResult]) -> str:
-    init = cfg.sft.init_from or upstream_checkpoint(upstream, "pretrain")
+    init = local_source(cfg, cfg.sft.init_from) or upstream_checkpoint(upstream, "pretrain")
     if not init:
         raise ConfigError("sft: no starting checkpoint (no pretrain result upstream and sft.init_from is not set)")
     if not (Path(init) / "config.json").exists():

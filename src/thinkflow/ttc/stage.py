@@ -33,7 +33,14 @@ from thinkflow.registry import StageResult, StageSpec
 from thinkflow.scaling.curves import VERIFIER_SCORED, curve_points, per_problem, problem_compute
 from thinkflow.scaling.sequential import BUDGET_COLUMNS, budget_points
 from thinkflow.scaling.table import sample_table
-from thinkflow.stages import StageContext, check_context, config_key, stage_work_dir, upstream_checkpoint
+from thinkflow.stages import (
+    StageContext,
+    check_context,
+    config_key,
+    local_source,
+    stage_work_dir,
+    upstream_checkpoint,
+)
 from thinkflow.tasks import Problem, Task
 from thinkflow.ttc.allocation import compute_optimal, compute_saving, difficulty_bins
 from thinkflow.ttc.plots import accuracy_vs, budget_plot
@@ -54,7 +61,7 @@ def evaluated_stages(cfg: PipelineConfig) -> list[str]:
 
 def checkpoints_to_evaluate(cfg: PipelineConfig, upstream: dict[str, StageResult]) -> dict[str, str]:
     if cfg.ttc.init_from:
-        return {"init": cfg.ttc.init_from}
+        return {"init": local_source(cfg, cfg.ttc.init_from)}
     found = {name: upstream_checkpoint(upstream, name) for name in evaluated_stages(cfg)}
     missing = [n for n, path in found.items() if not path or not (Path(path) / "config.json").exists()]
     if missing:

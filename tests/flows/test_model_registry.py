@@ -1,0 +1,66 @@
+"""Registered models on a real MLflow store: pretrain and rl each register a version of thinkflow-<task>-<model>
+with lineage tags (rl's parent is pretrain's version); a version loads with ``mlflow.transformers.load_model``;
+``ttc.init_from=models:/NAME@ALIAS`` evaluates the version the alias points at, a moved alias is a new result,
+and a URI naming nothing is a clear error."""
+
+import mlflow.transformers
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import compose
+from thinkflow.caching import stage_identity
+from thinkflow.config import ConfigError, validate
+from thinkflow.runner import run_stage, start_pipeline_run
+
+REGISTER = ["tracking.register_models=true", "rl.max_steps=2", "rl.eval_every=2", "rl.ckpt_every=2"]
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    root = tmp_path_factory.mktemp("registry")
+    config = compose(REGISTER, root=root)
+    parent = start_pipeline_run(config, None)
+    pre = run_stage("pretrain", config, parent, {}, None)
+    rl = run_stage("rl", config, parent, {"pretrain": pre}, None)
+    return root, config, pre, rl
+
+
+def test_training_stages_register_versions_with_their_lineage(registered, monkeypatch):
+    root, config, pre, rl = registered
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlruns/mlflow.db")  # for mlflow's own loader
+    name = f"thinkflow-{config['task']['name']}-{config['model']['name']}"
+    assert pre.details["registered"] == {"name": name, "version": "1"}
+    assert rl.details["registered"] == {"name": name, "version": "2"}
+    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    v1, v2 = client.get_model_version(name, "1"), client.get_model_version(name, "2")
+    assert v1.tags["stage"] == "pretrain" and v1.tags["parent_version"] == "none" and v1.run_id == pre.run_id
+    assert v2.tags["stage"] == "rl" and v2.tags["parent_version"] == f"{name}/1" and v2.run_id == rl.run_id
+    assert {"config_hash", "code_version", "data", "metric.val_pass_at_1"} <= set(v2.tags)
+    assert v2.tags["data"].startswith(f"task={config['task']['name']} difficulty=")
+    components = mlflow.transformers.load_model(f"models:/{name}/2", return_type="components")
+    generator = mlflow.transformers.load_model(f"models:/{name}/2")
+    assert components["model"].config.model_type == "llama"
+    assert generator("12+34=", max_new_tokens=4, do_sample=False)[0]["generated_text"].startswith("12+34=")
+
+
+def test_ttc_evaluates_a_registered_version_by_alias_and_a_moved_alias_is_a_new_result(registered):
+    root, config, pre, rl = registered
+    name = rl.details["registered"]["name"]
+    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    client.set_registered_model_alias(name, "champion", "2")
+    uri = f"models:/{name}@champion"
+    ttc = compose([*REGISTER, "~pretrain", "~rl", f"ttc.init_from={uri}", "ttc.n_max=2", "ttc.ks=[1,2]"], root=root)
+    identity = stage_identity("ttc", validate(ttc).model_dump(), {})
+    result = run_stage("ttc", ttc, start_pipeline_run(ttc, None), {}, None)
+    evaluated = client.get_run(result.run_id).data.params["checkpoint.init"]
+    assert evaluated.endswith(f"registry/{name}/2")  # the version the alias names, downloaded once
+    assert identity["registered"] == {uri: "2"}
+    client.set_registered_model_alias(name, "champion", "1")
+    assert stage_identity("ttc", validate(ttc).model_dump(), {})["registered"] == {uri: "1"}  # recomputed, not reused
+
+
+def test_a_model_uri_naming_nothing_is_a_clear_error(registered):
+    root = registered[0]
+    ttc = compose([*REGISTER, "~pretrain", "~rl", "ttc.init_from=models:/nothing@champion"], root=root)
+    with pytest.raises(ConfigError, match="models:/nothing@champion: no such registered model version"):
+        run_stage("ttc", ttc, start_pipeline_run(ttc, None), {}, None)
