@@ -39,6 +39,8 @@ def test_every_group_option_validates(group, tmp_path):
         config = compose([f"{group}={option}"], root=tmp_path)
         if group == "task" and option == "math500":  # evaluation-only: the training stages refuse it
             config |= {"pretrain": None, "rl": None, "ttc": config["ttc"] | {"init_from": str(tmp_path)}}
+        if group == "gate":  # gates registered versions (experiment=tiny turns registration off)
+            config["tracking"]["register_models"] = True
         assert not list(_schema_defaults_used(validate(config))), f"{group}={option}"
 
 

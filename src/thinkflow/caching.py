@@ -56,7 +56,8 @@ def stage_identity(name: str, config: dict, upstream: dict[str, StageResult]) ->
     }  # the results this stage consumes, not every earlier one
     identity = {"stage": spec.name, "config": sections, "upstream": inputs, "code": code_version()}
     aliases = _registry_aliases(sections.get(spec.name), sections["tracking"]["uri"])
-    return identity | ({"registered": aliases} if aliases else {})
+    identity |= {"registered": aliases} if aliases else {}
+    return identity | ({"outside": spec.outside(config, upstream)} if spec.outside else {})
 
 
 def _registry_aliases(section, tracking_uri: str) -> dict[str, str]:

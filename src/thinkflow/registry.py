@@ -70,6 +70,8 @@ class StageSpec:
     headline: tuple[str, ...] = ()  # metrics repeated on the parent run as `<name>/<key>` and in the closing block
     check: Callable[[PipelineConfig], None] | None = None  # cross-section checks; raise ValueError naming the keys
     aliases: tuple[str, ...] = ()  # former names, still accepted (with a deprecation message)
+    # what else its result depends on that lives outside the config (a registry alias): (config, upstream) -> dict
+    outside: Callable[[dict, dict[str, StageResult]], dict] | None = None
 
 
 _REGISTERED: dict[str, StageSpec] = {}  # added with ``register`` (beside the discovered ones)

@@ -4,6 +4,7 @@ with lineage tags (rl's parent is pretrain's version); a version loads with ``ml
 and a URI naming nothing is a clear error."""
 
 import mlflow.transformers
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -64,3 +65,32 @@ def test_a_model_uri_naming_nothing_is_a_clear_error(registered):
     ttc = compose([*REGISTER, "~pretrain", "~rl", "ttc.init_from=models:/nothing@champion"], root=root)
     with pytest.raises(ConfigError, match="models:/nothing@champion: no such registered model version"):
         run_stage("ttc", ttc, start_pipeline_run(ttc, None), {}, None)
+
+
+def test_the_gate_makes_the_first_model_champion_then_decides_on_the_next_one(tmp_path):
+    gate = [*REGISTER, "gate=default", "ttc.n_max=4", "ttc.ks=[1,2,4]", "ttc.budgets=[]", "ttc.search.widths=[]"]
+    config = compose(gate, root=tmp_path)
+    parent = start_pipeline_run(config, None)
+    pre = run_stage("pretrain", config, parent, {}, None)
+    up = {"pretrain": pre, "rl": run_stage("rl", config, parent, {"pretrain": pre}, None)}
+    up["ttc"] = run_stage("ttc", config, parent, up, None)
+    first = run_stage("gate", config, parent, up, None)
+    name = up["rl"].details["registered"]["name"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert first.details["champion"] == f"{name}/2" and "no champion yet" in first.summary_md
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+
+    again = compose([*gate, "rl.max_steps=4", "rl.eval_every=4", "rl.ckpt_every=4"], root=tmp_path)
+    up2 = {"pretrain": pre, "rl": run_stage("rl", again, parent, {"pretrain": pre}, None)}
+    up2["ttc"] = run_stage("ttc", again, parent, up2, None)
+    assert up2["rl"].details["registered"]["version"] == "3"
+    second = run_stage("gate", again, parent, up2, None)
+    decision = pd.read_csv(second.table).set_index("metric")
+    assert list(decision.index) == ["pass@1", "pass@4", "maj@4"] and decision.loc["pass@1", "role"] == "primary"
+    tags = client.get_model_version(name, "3").tags
+    promoted = tags["gate.decision"] == "promoted"
+    assert tags["gate.against"] == f"{name}/2" and second.metrics["promoted"] == float(promoted)
+    assert str(client.get_model_version_by_alias(name, "champion").version) == ("3" if promoted else "2")
+    assert "| pass@1 | primary |" in second.summary_md
+    with pytest.raises(ConfigError, match="gate compares registered versions: set tracking.register_models=true"):
+        validate(compose(["gate=default"], root=tmp_path))

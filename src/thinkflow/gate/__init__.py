@@ -1,0 +1,1 @@
+"""The gate stage: champion / challenger on the Model Registry (``thinkflow.gate.stage``)."""
