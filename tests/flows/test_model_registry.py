@@ -1,11 +1,19 @@
 """Registered models on a real MLflow store: pretrain and rl each register a version of thinkflow-<task>-<model>
 with lineage tags (rl's parent is pretrain's version); a version loads with ``mlflow.transformers.load_model``;
 ``ttc.init_from=models:/NAME@ALIAS`` evaluates the version the alias points at, a moved alias is a new result,
-and a URI naming nothing is a clear error."""
+and a URI naming nothing is a clear error; the gate stage promotes and decides; `mlflow models serve` serves a version."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import mlflow.transformers
 import pandas as pd
 import pytest
+import requests
 from mlflow import MlflowClient
 
 from tests.conftest import compose
@@ -94,3 +102,36 @@ def test_the_gate_makes_the_first_model_champion_then_decides_on_the_next_one(tm
     assert "| pass@1 | primary |" in second.summary_md
     with pytest.raises(ConfigError, match="gate compares registered versions: set tracking.register_models=true"):
         validate(compose(["gate=default"], root=tmp_path))
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_serves_a_registered_version(registered):
+    root, _, _, rl = registered
+    name, version = rl.details["registered"]["name"], rl.details["registered"]["version"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns/mlflow.db",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # its uvicorn
+    }
+    cmd = ["mlflow", "models", "serve", "-m", f"models:/{name}/{version}", "--env-manager", "local", "-p", str(port)]
+    server = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert server.poll() is None, "mlflow models serve exited"
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.time() < deadline, "the model server did not come up in 120 s"
+            time.sleep(0.5)
+        reply = requests.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": ["12*34="]}, timeout=60)
+        assert reply.ok, reply.text
+        (completion,) = reply.json()["predictions"]
+        assert completion.startswith("12*34=") and len(completion) > len("12*34=")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
