@@ -7,9 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig
 
 from thinkflow.models import heads
-from thinkflow.models.heads import chosen_logprobs, full_logprobs
+from thinkflow.models.heads import LARGE_VOCAB, chosen_logprobs, full_logprobs
 from thinkflow.models.lora import AdaptersOff, apply_lora
-from thinkflow.models.heads import LARGE_VOCAB
 from thinkflow.rl.rollout import RolloutBatch, token_logprobs
 
 VOCAB = 40_000  # above the learner's LARGE_VOCAB: the chunked path

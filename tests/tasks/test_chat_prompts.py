@@ -6,8 +6,8 @@ import pytest
 from tests.conftest import compose
 from thinkflow.catalog import build_task
 from thinkflow.config import ConfigError, validate
-from thinkflow.models.tokenizer import build_char_tokenizer
 from thinkflow.models.families import bpe_tokenizer, default_corpus
+from thinkflow.models.tokenizer import build_char_tokenizer
 from thinkflow.tasks import TaskError
 from thinkflow.tasks.prompts import ChatPrompted, instruction
 
