@@ -344,7 +344,7 @@ class ContestantConfig(_Strict):
     stage: Literal["pretrain", "sft", "rl"] | None = None  # thinkflow: the checkpoint of that stage (of ``run`` if set)
     run: str | None = None  # thinkflow: an earlier run's MLflow id (pipeline or stage run), or "latest"
     run_filter: str | None = None  # with run=latest: MLflow filter on pipeline runs, e.g. params.`model.name` = 'small'
-    model: str | None = None  # hf: local dir or hub id; gguf: .gguf file or dir; openai: model name
+    model: str | None = None  # hf: local dir, hub id or models:/NAME@ALIAS; gguf: .gguf file or dir; openai: model name
     gguf_file: str | None = None  # gguf: file name inside the ``model`` directory
     package: str | None = None  # gguf: a Python package whose assemble() returns the .gguf path
     backend: Literal["hf", "vllm"] = "hf"  # local kinds

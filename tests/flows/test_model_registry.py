@@ -1,6 +1,7 @@
 """Registered models on a real MLflow store: pretrain and rl each register a version of thinkflow-<task>-<model>
 with lineage tags (rl's parent is pretrain's version); a version loads with ``mlflow.transformers.load_model``;
-``ttc.init_from=models:/NAME@ALIAS`` evaluates the version the alias points at, a moved alias is a new result,
+``ttc.init_from=models:/NAME@ALIAS`` (and a compare contestant) use the version the alias points at, a moved alias is a
+new result,
 and a URI naming nothing is a clear error; the gate stage promotes and decides; `mlflow models serve` serves a version."""
 
 import os
@@ -64,6 +65,10 @@ def test_ttc_evaluates_a_registered_version_by_alias_and_a_moved_alias_is_a_new_
     evaluated = client.get_run(result.run_id).data.params["checkpoint.init"]
     assert evaluated.endswith(f"registry/{name}/2")  # the version the alias names, downloaded once
     assert identity["registered"] == {uri: "2"}
+    compare = compose([*REGISTER, "~pretrain", "~rl", "~ttc", "compare.n_problems=4", "compare.ks=[1,2]"], root=root)
+    compare["compare"]["contestants"] = {"champion": {"kind": "hf", "model": uri, "max_new_tokens": 8}}
+    scored = run_stage("compare", compare, start_pipeline_run(compare, None), {}, None)
+    assert scored.details["contestants"]["champion"]["status"] == "ok"  # a registered version as a contestant
     client.set_registered_model_alias(name, "champion", "1")
     assert stage_identity("ttc", validate(ttc).model_dump(), {})["registered"] == {uri: "1"}  # recomputed, not reused
 

@@ -38,10 +38,11 @@ from thinkflow.scaling.curves import curve_points, per_problem, problem_compute
 from thinkflow.scaling.estimators import bootstrap_ci
 from thinkflow.scaling.sequential import budget_points
 from thinkflow.scaling.table import sample_rows
-from thinkflow.stages import StageContext, config_key, stage_work_dir
+from thinkflow.stages import StageContext, config_key, local_source, stage_work_dir
 from thinkflow.tasks import Problem, Task
 from thinkflow.tasks.prompts import stop_strings
 from thinkflow.tracking import FLOW_RUN_TAG, STAGE_TAG
+from thinkflow.tracking.model_registry import is_model_uri
 
 CONTESTANT_TAG = "contestant"
 log = logging.getLogger("thinkflow.compare")
@@ -78,6 +79,8 @@ def run_compare(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     points, summaries = [], {}
     for name, spec in cc.entrants.items():
         summary = {"kind": spec.kind, "model": spec.model or spec.stage or spec.run or spec.package, "status": "ok"}
+        if spec.kind == "hf" and is_model_uri(spec.model):  # a registered version: its downloaded HF directory
+            spec = spec.model_copy(update={"model": local_source(cfg, spec.model)})
         try:
             with open_contestant(name, spec, ctx.upstream, ctx.tracker, work, cc.api, autocast) as c:
                 summary |= {"model": c.info.get("model", summary["model"]), "n_params": c.n_params}
