@@ -1,8 +1,8 @@
 """Registered models on a real MLflow store: pretrain and rl each register a version of thinkflow-<task>-<model>
 with lineage tags (rl's parent is pretrain's version); a version loads with ``mlflow.transformers.load_model``;
-``ttc.init_from=models:/NAME@ALIAS`` (and a compare contestant) use the version the alias points at, a moved alias is a
-new result,
-and a URI naming nothing is a clear error; the gate stage promotes and decides; `mlflow models serve` serves a version."""
+``ttc.init_from=models:/NAME@ALIAS`` and a compare contestant use the version the alias points at, a moved alias
+is a new result, and a URI naming nothing is a clear error; the gate stage promotes, then decides; ``mlflow
+models serve`` serves a version."""
 
 import os
 import socket
