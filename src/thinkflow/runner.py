@@ -32,7 +32,7 @@ from thinkflow.tracking import (
     resolve_uri,
     server_problem,
 )
-from thinkflow.tracking.model_registry import is_model_uri, register_checkpoint, registered_name
+from thinkflow.tracking.model_registry import is_model_uri, register_checkpoint, registered_name, registered_version
 
 log = logging.getLogger("thinkflow")  # "<stage>: ..." lines name their stage themselves
 
@@ -131,11 +131,13 @@ def register_result(
     version it started from (the registered upstream result it trained on, or a ``models:/`` init_from)."""
     parents = [r.details["registered"] for r in upstream.values() if "registered" in r.details]
     init = getattr(getattr(cfg, spec.name), "init_from", None)
-    if is_model_uri(init):
-        parent = init.removeprefix("models:/")
-    else:  # the last registered result upstream (stages run in order: sft after pretrain)
-        parent = f"{parents[-1]['name']}/{parents[-1]['version']}" if parents and not init else ""
-    name = parents[-1]["name"] if parents and not init else registered_name(cfg.task.name, _model_label(cfg, init))
+    if is_model_uri(init):  # continuing a registered model: its next version, the parent as the version it was
+        name, version = registered_version(tracker.client, init)
+        parent = f"{name}/{version}"
+    elif parents and not init:  # the last registered result upstream (stages run in order: sft after pretrain)
+        parent, name = f"{parents[-1]['name']}/{parents[-1]['version']}", parents[-1]["name"]
+    else:
+        parent, name = "", registered_name(cfg.task.name, _model_label(cfg, init))
     task = cfg.task
     tags = {
         "stage": spec.name,

@@ -69,6 +69,10 @@ def test_ttc_evaluates_a_registered_version_by_alias_and_a_moved_alias_is_a_new_
     compare["compare"]["contestants"] = {"champion": {"kind": "hf", "model": uri, "max_new_tokens": 8}}
     scored = run_stage("compare", compare, start_pipeline_run(compare, None), {}, None)
     assert scored.details["contestants"]["champion"]["status"] == "ok"  # a registered version as a contestant
+    more = compose([*REGISTER, "~pretrain", f"rl.init_from={uri}", "~ttc", "~compare"], root=root)
+    continued = run_stage("rl", more, start_pipeline_run(more, None), {}, None).details["registered"]
+    assert continued == {"name": name, "version": "3"}  # the registered model's next version
+    assert client.get_model_version(name, "3").tags["parent_version"] == f"{name}/2"  # what the alias named
     client.set_registered_model_alias(name, "champion", "1")
     assert stage_identity("ttc", validate(ttc).model_dump(), {})["registered"] == {uri: "1"}  # recomputed, not reused
 

@@ -75,23 +75,35 @@ def is_model_uri(source: str | Path | None) -> bool:
     return str(source or "").startswith(MODELS_PREFIX)
 
 
-def resolve_model_uri(uri: str, tracking_uri: str, cache_dir: str | Path) -> Path:
-    """The local HF checkpoint directory of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (config, weights
-    and tokenizer side by side), downloaded once into ``cache_dir/<name>/<version>``."""
-    from mlflow import MlflowClient
+def _model_version(client, uri: str):
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri)
     ref = uri.removeprefix(MODELS_PREFIX)
     try:
         if "@" in ref:
             name, alias = ref.split("@", 1)
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            name, _, number = ref.partition("/")
-            mv = client.get_model_version(name, number)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, number = ref.partition("/")
+        return client.get_model_version(name, number)
     except MlflowException as err:
-        raise RegistryError(f"{uri}: no such registered model version in {tracking_uri} ({err.message})") from None
+        raise RegistryError(
+            f"{uri}: no such registered model version in {client.tracking_uri} ({err.message})"
+        ) from None
+
+
+def registered_version(client, uri: str) -> tuple[str, str]:
+    """(name, version) that ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` names now."""
+    mv = _model_version(client, uri)
+    return mv.name, str(mv.version)
+
+
+def resolve_model_uri(uri: str, tracking_uri: str, cache_dir: str | Path) -> Path:
+    """The local HF checkpoint directory of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (config, weights
+    and tokenizer side by side), downloaded once into ``cache_dir/<name>/<version>``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    mv = _model_version(client, uri)
     target = Path(cache_dir).resolve() / mv.name / str(mv.version)
     if (target / "config.json").is_file():
         return target
