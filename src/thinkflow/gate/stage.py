@@ -69,7 +69,7 @@ def run_gate(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     except GateError as err:
         raise ConfigError(f"gate: {err}") from None
     markdown = f"# Gate: {name}/{version} against {gc.alias} {name}/{champion}\n\n{decision.markdown()}\n"
-    work = samples.parent.parent / "gate" / ctx.run_id
+    work = Path(cfg.paths.work_dir) / "gate" / ctx.run_id  # one decision per run: it depends on the registry
     work.mkdir(parents=True, exist_ok=True)
     decision.table.to_csv(work / "gate.csv", index=False)
     (work / "gate.md").write_text(markdown)
