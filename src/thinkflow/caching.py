@@ -20,12 +20,11 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from thinkflow import liveness, logs, shutdown
 from thinkflow.registry import StageResult, stage_spec
 from thinkflow.tracking import resolve_uri
-from thinkflow.tracking.model_registry import MODELS_PREFIX, is_model_uri
+from thinkflow.tracking.model_registry import RegistryError, is_model_uri, registered_version
 
 REUSED_TAG = "thinkflow.reused_from"
 
@@ -72,10 +71,9 @@ def _registry_aliases(section, tracking_uri: str) -> dict[str, str]:
         elif isinstance(value, list | tuple):
             values.extend(value)
         elif isinstance(value, str) and is_model_uri(value) and "@" in value:
-            name, alias = value.removeprefix(MODELS_PREFIX).split("@", 1)
             try:
-                found[value] = str(MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version)
-            except MlflowException:
+                found[value] = registered_version(MlflowClient(tracking_uri), value)[1]
+            except RegistryError:
                 found[value] = "unresolved"  # the stage itself then says what is wrong
     return found
 

@@ -25,6 +25,7 @@ from thinkflow.registry import StageResult, StageSpec
 from thinkflow.scaling.gate import GateError, GateRule, decide
 from thinkflow.scaling.table import sample_table
 from thinkflow.stages import StageContext, local_source
+from thinkflow.tracking.model_registry import RegistryError, registered_version
 
 log = logs.get("gate")
 
@@ -109,11 +110,9 @@ def current_champion(config: dict, upstream: dict[str, StageResult]) -> dict:
 
 
 def _champion_version(client, name: str, alias: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
     try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
+        return registered_version(client, f"models:/{name}@{alias}")[1]
+    except RegistryError:
         return None
 
 
