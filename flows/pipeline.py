@@ -11,6 +11,7 @@ the Prefect UI can pass it too. Stages pass paths and run ids, not objects.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import signal
@@ -34,7 +35,7 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
-from thinkflow import liveness, quiet, shutdown  # noqa: E402
+from thinkflow import liveness, quiet, schedules, shutdown  # noqa: E402
 from thinkflow.caching import identity_key, result_files_exist, stage_identity, stage_lock  # noqa: E402
 from thinkflow.composition import compose  # noqa: E402
 from thinkflow.config import ConfigError, drop_removed_stages, preflight, validate  # noqa: E402
@@ -112,11 +113,37 @@ def pipeline(config: dict, tags: dict[str, str] | None = None) -> dict:
     return {"parent_run_id": parent, "flow_run_id": flow_run.get_id(), **results}
 
 
-@flow(name="scheduled-pipeline", log_prints=True)
-def scheduled_pipeline(config_name: str = "pipeline", overrides: list[str] | None = None) -> dict:
-    """The pipeline from a config name and Hydra overrides: what deployments and schedules pass
-    (``prefect.yaml``, ``flows/serve.py``). Runs ``pipeline`` as a subflow."""
-    return pipeline(compose(overrides, config_name), {"trigger": "deployment"})
+@flow(name="nightly", log_prints=True)
+def nightly_pipeline(
+    config_name: str = "pipeline", overrides: list[str] | None = None, seed: int | None = None
+) -> dict:
+    """The ``thinkflow-nightly`` deployment: continue from the champion with a new seed, gate, promote
+    (``thinkflow.schedules.nightly_plan``); the first night runs the whole pipeline and makes the first champion.
+    ``seed`` defaults to the night's date (YYYYMMDD of the scheduled start)."""
+    night = seed if seed is not None else schedules.night_seed(_scheduled_start())
+    plan = schedules.nightly_plan(list(overrides or []), config_name, night)
+    log.info("nightly: %s", plan.describe())
+    return pipeline(compose(plan.overrides, config_name), {"trigger": "nightly", **plan.tags})
+
+
+@flow(name="watch", log_prints=True)
+def watch(
+    config_name: str = "pipeline", overrides: list[str] | None = None, day: str | None = None, alias: str = "champion"
+) -> dict:
+    """The ``thinkflow-watch`` deployment: the champion and the API contestants on the day's draw of held-out
+    problems, each appended to its MLflow series (step = day); ``day`` (YYYY-MM-DD) defaults to the scheduled one.
+    The overrides are the nightly's (a ``~compare`` there is ignored: the watch is the compare stage)."""
+    when = dt.date.fromisoformat(day) if day else _scheduled_start().date()
+    plan = schedules.watch_plan([o for o in overrides or [] if o != "~compare"], config_name, when, alias)
+    config = compose(plan.overrides, config_name)
+    result = pipeline(config, {"trigger": "watch", **plan.tags})
+    create_markdown_artifact(markdown=schedules.log_watch_series(config, result["compare"], plan, when), key="watch")
+    return result
+
+
+def _scheduled_start() -> dt.datetime:
+    """When this flow run was scheduled for (its deployment's slot), or now."""
+    return flow_run.scheduled_start_time or dt.datetime.now(dt.UTC)
 
 
 def _run_or_reuse(

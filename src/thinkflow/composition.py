@@ -3,7 +3,7 @@
     from thinkflow.composition import compose
     config = compose(["pretrain.max_steps=200"])      # what `python flows/pipeline.py pretrain.max_steps=200` runs
 
-Used by the flows (``scheduled_pipeline``, ``flows/optimize.py``), the benchmarks and the tests; the
+Used by the flows (``nightly_pipeline``, ``watch``, ``flows/optimize.py``), the benchmarks and the tests; the
 ``@hydra.main`` entry (``flows/pipeline.py``) composes the same tree through Hydra's own command line.
 """
 

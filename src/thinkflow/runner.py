@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from thinkflow import logs
 from thinkflow.caching import REUSED_TAG, code_version
-from thinkflow.config import PipelineConfig, validate
+from thinkflow.config import ConfigError, PipelineConfig, validate
 from thinkflow.distributed import world_size
 from thinkflow.distributed.launch import launch
 from thinkflow.profile.ledger import PeakMemory, stage_ledger
@@ -32,7 +32,13 @@ from thinkflow.tracking import (
     resolve_uri,
     server_problem,
 )
-from thinkflow.tracking.model_registry import is_model_uri, register_checkpoint, registered_name, registered_version
+from thinkflow.tracking.model_registry import (
+    is_model_uri,
+    model_uri_name,
+    register_checkpoint,
+    registered_name,
+    registered_version,
+)
 
 log = logging.getLogger("thinkflow")  # "<stage>: ..." lines name their stage themselves
 
@@ -150,6 +156,18 @@ def register_result(
     }
     version = register_checkpoint(tracker, run_id, name, result.checkpoint, tags, f"{spec.name} of run {run_id}")
     return {"name": name, "version": version}
+
+
+def lineage_name(cfg: PipelineConfig) -> str:
+    """The registered model this pipeline's checkpoints become versions of: the one its first training stage
+    continues (``init_from: models:/NAME@...``), else ``thinkflow-<task>-<model>`` of what that stage starts from."""
+    spec = next((s for s in stage_specs() if s.trains and cfg.enabled(s.name)), None)
+    if spec is None:
+        raise ConfigError("no training stage runs in this pipeline, so it registers no model")
+    init = getattr(getattr(cfg, spec.name), "init_from", None)
+    if is_model_uri(init):
+        return model_uri_name(init)
+    return registered_name(cfg.task.name, _model_label(cfg, init))
 
 
 def _model_label(cfg: PipelineConfig, init: str | None) -> str:

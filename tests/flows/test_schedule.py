@@ -1,7 +1,9 @@
-"""Scheduled flow runs as a user would have them: a real `prefect server`, `flows/serve.py`
-registering the nightly deployment, a run triggered through the Prefect CLI."""
+"""Scheduled flow runs as a user would have them: a real `prefect server`, `flows/serve.py` registering the
+nightly and watch deployments, runs triggered through the Prefect CLI."""
 
+import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -10,6 +12,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from tests.compare.openai_server import ScriptedOpenAIServer
 from tests.conftest import ROOT
 
 
@@ -39,63 +42,145 @@ def _flow_run_state(env, flow_run_id: str) -> str:
     return state["type"] if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else ""
 
 
+KEY = "thinkflow-watch-test-key"
+NAME = "thinkflow-multiplication-tiny"
+
+
+def _scripted_api(state: dict):
+    """An API model answering the multiplication task: right with probability ``state["accuracy"]`` (a hash of the
+    question and the draw decides), else one off. Changing ``accuracy`` is the provider changing the model."""
+
+    def respond(prompt: str, seed: int, temperature: float) -> str:
+        a, b = re.findall(r"(\d+)\*(\d)=", prompt)[-1]
+        u = int.from_bytes(hashlib.sha256(f"{a}*{b}|{seed}|{temperature}".encode()).digest()[:8], "big") / 2**64
+        return f">{int(a) * int(b) + (0 if u < state['accuracy'] else 1)}"
+
+    return ScriptedOpenAIServer(respond=respond, api_key=KEY)
+
+
+def _trigger(env, deployment: str, serve, *params: str, timeout: float = 420) -> tuple[str, str]:
+    """Run the deployment now; returns (flow run id, final state)."""
+    out = _prefect(env, "deployment", "run", deployment, *(a for p in params for a in ("--param", p))).stdout
+    flow_run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
+    return flow_run_id, _wait(lambda: _flow_run_state(env, flow_run_id), timeout, f"the {deployment} run", serve)
+
+
 @pytest.mark.slow
-def test_served_deployment_has_its_schedule_and_a_triggered_run_completes(tmp_path, prefect_server_process):
-    env = prefect_server_process | {"PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
-    overrides = ["experiment=tiny", f"paths.root={tmp_path}", "~compare", "trainer.progress_bar=false"]
-    serve = subprocess.Popen(
-        [sys.executable, str(ROOT / "flows" / "serve.py"), "--", *overrides],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        name = "scheduled-pipeline/thinkflow-nightly"
-        found = _wait(
-            lambda: (
-                _prefect(env, "deployment", "inspect", name, check=False).returncode == 0
-                and _prefect(env, "deployment", "inspect", name).stdout
-            ),
-            120,
-            "the served deployment",
-            serve,
+def test_nightly_continues_from_the_champion_and_the_watch_logs_a_daily_series(tmp_path, prefect_server_process):
+    """Both deployments served from flows/serve.py on a real Prefect server: the first nightly run trains from
+    scratch and its gate makes the first champion; the second continues from that champion (rl from
+    models:/NAME@champion) and is gated against it; the watch, on two days, logs the champion and an API model
+    (the local OpenAI-compatible server, whose model gets worse between the days) as series with step = day."""
+    state = {"accuracy": 1.0}
+    with _scripted_api(state) as api:
+        env = prefect_server_process | {"PYTHONPATH": f"{ROOT}:{ROOT / 'src'}", "THINKFLOW_WATCH_KEY": KEY}
+        contestant = (
+            f"+compare.contestants.api={{kind: openai, base_url: '{api.base_url}', model: scripted, "
+            "api_key_env: THINKFLOW_WATCH_KEY, prompt: chat}"
         )
-        assert "0 2 * * *" in found  # the nightly cron schedule is registered
-        assert "experiment=tiny" in found  # with the Hydra overrides as its parameters
+        overrides = [
+            "experiment=tiny",
+            f"paths.root={tmp_path}",
+            contestant,  # the nightly's compare stage has it too
+            "compare.ks=[1,4]",
+            "compare.api.requests_per_minute=60000",
+            "trainer.progress_bar=false",
+        ]
+        serve = subprocess.Popen(
+            [sys.executable, str(ROOT / "flows" / "serve.py"), "--", *overrides],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            nightly, watch = "nightly/thinkflow-nightly", "watch/thinkflow-watch"
+            for name, cron in ((nightly, "0 2 * * *"), (watch, "0 6 * * *")):
+                found = _wait(
+                    lambda name=name: (
+                        _prefect(env, "deployment", "inspect", name, check=False).returncode == 0
+                        and _prefect(env, "deployment", "inspect", name).stdout
+                    ),
+                    120,
+                    f"the served deployment {name}",
+                    serve,
+                )
+                assert cron in found and "experiment=tiny" in found  # its schedule, the overrides as parameters
 
-        run = _prefect(env, "deployment", "run", name).stdout
-        flow_run_id = next(line.split()[-1] for line in run.splitlines() if "UUID" in line)
-        state = _wait(lambda: _flow_run_state(env, flow_run_id), 420, "the triggered flow run", serve)
-        assert state == "COMPLETED", _prefect(env, "flow-run", "inspect", flow_run_id).stdout[-3000:]
+            client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+            for night in (1, 2):
+                run_id, state_ = _trigger(env, nightly, serve)
+                assert state_ == "COMPLETED", _prefect(env, "flow-run", "logs", run_id).stdout[-4000:]
+                if night == 1:  # from scratch: pretrain v1 -> rl v2, which the gate makes the first champion
+                    assert _version(client, "1").tags["stage"] == "pretrain"
+                    first = _version(client, "2")
+                    assert first.tags["stage"] == "rl" and first.tags["parent_version"] == f"{NAME}/1"
+                    assert first.tags["gate.decision"] == "promoted" and _champion(client) == "2"
+            # the second night continued from the champion: rl only, its version's parent is version 2, gated
+            second = _version(client, "3")
+            assert second.tags["stage"] == "rl" and second.tags["parent_version"] == f"{NAME}/2"
+            assert second.tags["gate.against"] == f"{NAME}/2"
+            promoted = second.tags["gate.decision"] == "promoted"
+            assert second.tags["gate.decision"] in ("promoted", "kept champion")
+            assert _champion(client) == ("3" if promoted else "2")  # the alias follows the decision
+            exp = client.get_experiment_by_name("thinkflow").experiment_id
+            parents = client.search_runs([exp], "tags.trigger = 'nightly'", order_by=["attributes.start_time ASC"])
+            assert [p.data.tags["nightly.continues"] for p in parents] == ["none", f"{NAME}/2"]
+            assert parents[1].data.tags["pipeline.stages"] == "rl,ttc,gate,compare"
+            assert parents[0].data.tags["nightly.seed"] == parents[1].data.tags["nightly.seed"]  # the same date
+            champion = _champion(client)
 
-        client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-        runs = client.search_runs([client.get_experiment_by_name("thinkflow").experiment_id])
-        stages = sorted(r.data.tags.get("stage", "") for r in runs)
-        assert stages == ["", "pretrain", "rl", "ttc"] and all(r.info.status == "FINISHED" for r in runs)
+            # the watch on two days; between them the API model behind the same name gets worse
+            for day, accuracy in (("2026-11-29", 1.0), ("2026-11-30", 0.2)):
+                state["accuracy"], paid = accuracy, sum(api.paid.values())
+                run_id, state_ = _trigger(env, watch, serve, f"day={day}")
+                assert state_ == "COMPLETED", _prefect(env, "flow-run", "logs", run_id).stdout[-4000:]
+                # each day asks the API anew (a response cache of the day's own): 16 problems x (greedy + 4 samples)
+                assert sum(api.paid.values()) - paid == 16 * (1 + 4)
+            wexp = client.get_experiment_by_name("thinkflow-watch").experiment_id
+            series = {
+                r.data.tags["thinkflow.watch"]: r.info.run_id
+                for r in client.search_runs([wexp], "tags.`thinkflow.watch` != ''")
+            }
+            assert sorted(series) == ["api", "champion"]
+            days = [20786, 20787]  # 2026-11-29 and -30 as days since 1970-01-01
+            api_acc = client.get_metric_history(series["api"], "watch/acc_greedy")
+            assert [m.step for m in api_acc] == days
+            assert api_acc[0].value == 1.0 and api_acc[1].value < 0.5  # the drift, as a line in MLflow's charts
+            versions = client.get_metric_history(series["champion"], "watch/version")
+            assert [(m.step, m.value) for m in versions] == [(d, float(champion)) for d in days]
+            assert [m.step for m in client.get_metric_history(series["champion"], "watch/acc_greedy")] == days
 
-        # a malformed override list fails that run with a message naming the override
-        bad = _prefect(env, "deployment", "run", name, "--param", 'overrides=["pretrain.max_steps=="]').stdout
-        bad_id = next(line.split()[-1] for line in bad.splitlines() if "UUID" in line)
-        assert _wait(lambda: _flow_run_state(env, bad_id), 120, "the malformed run", serve) == "FAILED"
-        logs = _prefect(env, "flow-run", "logs", bad_id).stdout
-        assert "bad overrides" in logs and "pretrain.max_steps==" in logs
-    finally:
-        serve.terminate()
-        serve.wait(30)
+            # a malformed override list fails that run with a message naming the override
+            bad_id, bad = _trigger(env, nightly, serve, 'overrides=["pretrain.max_steps=="]', timeout=120)
+            assert bad == "FAILED"
+            logs = _prefect(env, "flow-run", "logs", bad_id).stdout
+            assert "bad overrides" in logs and "pretrain.max_steps==" in logs
+        finally:
+            serve.terminate()
+            serve.wait(30)
 
 
-def test_prefect_yaml_declares_the_nightly_deployment():
+def _version(client, version: str):
+    return client.get_model_version(NAME, version)
+
+
+def _champion(client) -> str:
+    return str(client.get_model_version_by_alias(NAME, "champion").version)
+
+
+def test_prefect_yaml_declares_the_nightly_and_watch_deployments():
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    nightly = next(d for d in spec["deployments"] if d["name"] == "thinkflow-nightly")
-    assert nightly["entrypoint"] == "flows/pipeline.py:scheduled_pipeline"
-    assert nightly["schedules"][0]["cron"] == "0 2 * * *"
-    assert set(nightly["parameters"]) == {"config_name", "overrides"}
-    module, _, name = nightly["entrypoint"].partition(":")
+    deployments = {d["name"]: d for d in spec["deployments"]}
     import importlib.util
 
-    loaded = importlib.util.spec_from_file_location("entry", ROOT / module)
-    mod = importlib.util.module_from_spec(loaded)
-    loaded.loader.exec_module(mod)
-    assert getattr(mod, name).name == "scheduled-pipeline"
+    for name, flow, cron in (("thinkflow-nightly", "nightly", "0 2 * * *"), ("thinkflow-watch", "watch", "0 6 * * *")):
+        d = deployments[name]
+        assert d["schedules"][0]["cron"] == cron
+        assert set(d["parameters"]) == {"config_name", "overrides"}
+        module, _, entry = d["entrypoint"].partition(":")
+        loaded = importlib.util.spec_from_file_location("entry", ROOT / module)
+        mod = importlib.util.module_from_spec(loaded)
+        loaded.loader.exec_module(mod)
+        assert getattr(mod, entry).name == flow

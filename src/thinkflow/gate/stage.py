@@ -25,7 +25,7 @@ from thinkflow.registry import StageResult, StageSpec
 from thinkflow.scaling.gate import GateError, GateRule, decide
 from thinkflow.scaling.table import sample_table
 from thinkflow.stages import StageContext, local_source
-from thinkflow.tracking.model_registry import RegistryError, registered_version
+from thinkflow.tracking.model_registry import alias_version
 
 log = logs.get("gate")
 
@@ -52,7 +52,7 @@ def run_gate(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     client = ctx.tracker.client
     samples = Path(ctx.upstream["ttc"].table).parent / f"samples_{stage}.csv"
     ours = pd.read_csv(samples)
-    champion = _champion_version(client, name, gc.alias)
+    champion = alias_version(client, name, gc.alias)
     params = {"gate.challenger": f"{name}/{version}", "gate.champion": f"{name}/{champion}" if champion else "none"}
     ctx.tracker.log_params(ctx.run_id, params | {f"gate.{k}": str(v) for k, v in gc.model_dump().items()})
     if champion is None or champion == version:
@@ -106,14 +106,7 @@ def current_champion(config: dict, upstream: dict[str, StageResult]) -> dict:
     if not registered:
         return {}
     client = MlflowClient(resolve_uri(config["tracking"]["uri"], config["paths"]["root"]))
-    return {"champion": _champion_version(client, registered[-1]["name"], config["gate"]["alias"])}
-
-
-def _champion_version(client, name: str, alias: str) -> str | None:
-    try:
-        return registered_version(client, f"models:/{name}@{alias}")[1]
-    except RegistryError:
-        return None
+    return {"champion": alias_version(client, registered[-1]["name"], config["gate"]["alias"])}
 
 
 def _promote(ctx: StageContext, client, name: str, version: str, alias: str, reason: str) -> StageResult:

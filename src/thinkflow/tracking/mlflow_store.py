@@ -169,8 +169,10 @@ class Tracker:
     def log_dict(self, run_id: str, data: dict, file_name: str) -> None:
         self.client.log_dict(run_id, data, file_name)
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
-        now = int(time.time() * 1000)
+    def log_metrics(
+        self, run_id: str, metrics: dict[str, float], step: int | None = None, timestamp_ms: int | None = None
+    ) -> None:
+        now = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
         batch = [Metric(metric_key(k), float(v), now, step or 0) for k, v in metrics.items()]
         if batch:
             self.client.log_batch(run_id, metrics=batch)

@@ -75,6 +75,19 @@ def is_model_uri(source: str | Path | None) -> bool:
     return str(source or "").startswith(MODELS_PREFIX)
 
 
+def model_uri_name(uri: str) -> str:
+    """NAME of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
+    return re.split(r"[@/]", uri.removeprefix(MODELS_PREFIX), maxsplit=1)[0]
+
+
+def alias_version(client, name: str, alias: str) -> str | None:
+    """The version of ``name`` holding ``alias`` now, or None (no such alias or model yet)."""
+    try:
+        return registered_version(client, f"{MODELS_PREFIX}{name}@{alias}")[1]
+    except RegistryError:
+        return None
+
+
 def _model_version(client, uri: str):
     from mlflow.exceptions import MlflowException
 
