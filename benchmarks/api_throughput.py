@@ -15,7 +15,7 @@ import time
 
 from benchmarks.common import machine_line, write_section
 from tests.compare.openai_server import ScriptedOpenAIServer
-from thinkflow.compare.client import APIClient, Call, Endpoint, Limits
+from thinkflow.api.client import APIClient, Call, Endpoint, Limits
 
 KEY_ENV = "THINKFLOW_BENCH_API_KEY"
 

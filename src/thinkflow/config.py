@@ -338,7 +338,7 @@ class TTCConfig(_Strict):
 
 
 class ContestantConfig(_Strict):
-    """One model in the ``compare`` stage (see ``thinkflow.compare.contestants``)."""
+    """One model in the ``compare`` stage (see ``thinkflow.contestants``)."""
 
     kind: Literal["thinkflow", "hf", "gguf", "openai"]
     stage: Literal["pretrain", "sft", "rl"] | None = None  # thinkflow: the checkpoint of that stage (of ``run`` if set)

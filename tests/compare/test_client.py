@@ -5,8 +5,8 @@ import time
 import pytest
 
 from tests.compare.openai_server import ScriptedOpenAIServer
-from thinkflow.compare.cache import ResponseCache
-from thinkflow.compare.client import (
+from thinkflow.api.cache import ResponseCache
+from thinkflow.api.client import (
     APIClient,
     APIError,
     Call,

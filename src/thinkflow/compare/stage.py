@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from thinkflow.compare.client import APIError, SpendCapReached
-from thinkflow.compare.contestants import Contestant, Skip, open_contestant
+from thinkflow.api.client import APIError, SpendCapReached
 from thinkflow.compare.report import comparison_table, cost_plot, markdown, matched_compute
 from thinkflow.config import CompareConfig, PipelineConfig
+from thinkflow.contestants import Contestant, Skip, open_contestant
 from thinkflow.envs import with_env
 from thinkflow.evaluation import breakdown, breakdown_metrics
 from thinkflow.inference import Engine, GenerationError, SamplingParams

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from thinkflow.compare.cache import ResponseCache
-from thinkflow.compare.client import APIClient, Call, Endpoint, Limits, MissingKey, SpendCapReached
+from thinkflow.api.cache import ResponseCache
+from thinkflow.api.client import APIClient, Call, Endpoint, Limits, MissingKey, SpendCapReached
 from thinkflow.config import APIConfig, ContestantConfig
 from thinkflow.inference import Sample, SamplingParams, open_engine
 from thinkflow.inference.hf import HFEngine

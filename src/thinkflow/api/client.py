@@ -32,10 +32,10 @@ from dataclasses import asdict, dataclass, field
 
 import openai
 
-from thinkflow.compare.cache import ResponseCache, cache_key
-from thinkflow.compare.ratelimit import TokenBucket
+from thinkflow.api.cache import ResponseCache, cache_key
+from thinkflow.api.ratelimit import TokenBucket
 
-log = logging.getLogger("thinkflow.compare")
+log = logging.getLogger("thinkflow.api")
 RETRY_STATUS = {408, 409, 429}  # plus every 5xx
 
 
