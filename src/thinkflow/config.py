@@ -385,7 +385,7 @@ class APIConfig(_Strict):
     backoff_base_s: float = Field(gt=0)
     backoff_max_s: float = Field(gt=0)
     spend_cap_usd: float | None = Field(ge=0)  # per contestant; null = no cap
-    cache: str | None  # SQLite response cache; null = <paths.work_dir>/compare/api_cache.sqlite
+    cache: str | None  # SQLite response cache; null = <paths.work_dir>/<stage>/api_cache.sqlite
 
 
 class CompareConfig(_Strict):

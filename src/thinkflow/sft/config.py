@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from thinkflow.config import LoRAConfig, _Strict
+from thinkflow.config import APIConfig, ContestantConfig, LoRAConfig, _Strict
 
 SAMPLED = ("teacher", "self")  # kinds whose traces are sampled and filtered by the task's verifier
 
@@ -22,7 +22,9 @@ class SourceConfig(_Strict):
     weight: float = Field(gt=0)  # share of training examples drawn from this source: weight / sum of weights
     k: int | None = Field(ge=1)  # teacher, self: samples per problem
     max_per_problem: int | None = Field(ge=1)  # verified, distinct traces kept per problem (null: all for gold)
-    teacher: str | None  # teacher: an HF checkpoint directory, or "pretrain" (this pipeline's pretrain result)
+    # teacher: an HF checkpoint directory, models:/NAME@ALIAS, "pretrain" (this pipeline's pretrain result), or any
+    # compare contestant: {kind: openai | hf | gguf | thinkflow, ...} (an API through the client: cache, spend cap)
+    teacher: str | ContestantConfig | None
 
     @model_validator(mode="after")
     def _kind(self) -> SourceConfig:
@@ -33,7 +35,10 @@ class SourceConfig(_Strict):
         if self.kind == "gold" and self.k is not None:
             raise ValueError("kind=gold uses the task's own traces: k must be null")
         if (self.kind == "teacher") != (self.teacher is not None):
-            raise ValueError("teacher is set for kind=teacher (an HF checkpoint dir or 'pretrain') and only then")
+            raise ValueError(
+                "teacher is set for kind=teacher (an HF checkpoint dir, models:/..., 'pretrain' or a contestant "
+                "{kind: openai | hf | gguf | thinkflow, ...}) and only then"
+            )
         return self
 
 
@@ -56,6 +61,7 @@ class SFTConfig(_Strict):
     top_p: float = Field(gt=0, le=1)
     max_new_tokens: int = Field(ge=1)  # per sampled trace; a trace cut off there is rejected
     backend: Literal["hf", "vllm"]  # engine for teacher and self sampling
+    api: APIConfig  # API teachers: limits, retries, spend cap (per teacher and run), response cache
     eval_every: int = Field(ge=1)  # held-out val loss and greedy accuracy every N steps (and at each round's end)
     eval_max_new_tokens: int = Field(ge=1)
     ckpt_every: int = Field(ge=1)  # Lightning checkpoint (resume point) every N steps

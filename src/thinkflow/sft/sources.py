@@ -14,13 +14,14 @@ candidates of a run are its provenance table (``frame``).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import pandas as pd
 
 from thinkflow.contamination import ContaminationError, EvalIndex, Report
 from thinkflow.envs import EnvTask
-from thinkflow.inference import Engine, SamplingParams
+from thinkflow.inference import Engine, Sample, SamplingParams
 from thinkflow.tasks import Problem, Task
 
 KEPT = "kept"
@@ -71,11 +72,29 @@ def sampled_candidates(
 ) -> list[Candidate]:
     """``params.n`` samples per problem, each judged by the task's verifier."""
     groups = engine.generate([p.prompt for p in problems], params)
+    return judged(task, problems, groups, source=source, kind=kind, model=model, round_=round_)
+
+
+def judged(
+    task: Task,
+    problems: list[Problem],
+    groups: list[list[Sample]],
+    *,
+    source: str,
+    kind: str,
+    model: str,
+    round_: int,
+    cost: Callable[[Sample], float] | None = None,
+) -> list[Candidate]:
+    """Candidates of each problem's samples (a group may hold fewer than asked: a spend cap stopped buying),
+    each judged by the task's verifier; ``cost``: what one sample cost (API teachers)."""
     out = []
     for p, group in zip(problems, groups, strict=True):
         for i, s in enumerate(group):
             ok = bool(task.verify(s.text, p))
-            out.append(_candidate(p, source, kind, model, round_, i, ok, s.finish_reason, s.text))
+            c = _candidate(p, source, kind, model, round_, i, ok, s.finish_reason, s.text)
+            c.cost_usd = float(cost(s)) if cost is not None else 0.0
+            out.append(c)
     return out
 
 

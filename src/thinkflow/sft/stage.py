@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -30,13 +31,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from thinkflow import logs
+from thinkflow.api import APIError, SpendCapReached
 from thinkflow.checkpoints import hf_export_dir, training_dirs
-from thinkflow.config import ConfigError, PipelineConfig
+from thinkflow.config import ConfigError, ContestantConfig, PipelineConfig
 from thinkflow.contamination import ContaminationError
+from thinkflow.contestants import Skip, open_contestant
 from thinkflow.distributed import is_rank_zero
 from thinkflow.envs import EnvTask
 from thinkflow.evaluation import greedy_accuracy
-from thinkflow.inference import HFEngine, SamplingParams, open_engine
+from thinkflow.inference import GenerationError, HFEngine, Sample, SamplingParams, open_engine
 from thinkflow.models import CheckpointError, load_checkpoint, n_params
 from thinkflow.models.lora import apply_lora
 from thinkflow.profile.ledger import phase
@@ -52,6 +55,7 @@ from thinkflow.sft.sources import (
     frame,
     from_frame,
     gold_candidates,
+    judged,
     require_examples,
     sampled_candidates,
     select,
@@ -66,7 +70,9 @@ from thinkflow.stages import (
     upstream_checkpoint,
 )
 from thinkflow.tasks import Problem, Task
+from thinkflow.tasks.prompts import stop_strings
 from thinkflow.tracking import flatten, write_json
+from thinkflow.tracking.model_registry import is_model_uri
 from thinkflow.training import build_trainer, export_hf, set_gradient_checkpointing
 
 log = logs.get("sft")
@@ -81,9 +87,16 @@ def starting_checkpoint(cfg: PipelineConfig, upstream: dict[str, StageResult]) -
     return str(init)
 
 
-def teacher_checkpoint(name: str, source: SourceConfig, upstream: dict[str, StageResult]) -> str:
-    """The checkpoint directory a teacher source samples from; an unusable one fails before any work."""
-    path = upstream_checkpoint(upstream, "pretrain") if source.teacher == "pretrain" else source.teacher
+def teacher_spec(cfg: PipelineConfig, name: str, source: SourceConfig, upstream: dict[str, StageResult]):
+    """What a teacher source samples from, as a compare contestant (``thinkflow.contestants``): a checkpoint
+    directory, ``models:/...`` or ``pretrain`` is a local ``hf`` model; a contestant spec is used as declared. A
+    local checkpoint that cannot be loaded fails before any work."""
+    t = source.teacher
+    if isinstance(t, ContestantConfig):
+        if t.kind == "hf" and is_model_uri(t.model):
+            return t.model_copy(update={"model": str(local_source(cfg, t.model))})
+        return t
+    path = upstream_checkpoint(upstream, "pretrain") if t == "pretrain" else local_source(cfg, t)
     if not path:
         raise ConfigError(f"sft.sources.{name}.teacher=pretrain, but no pretrain result is upstream")
     if not (Path(path) / "config.json").is_file():
@@ -91,7 +104,21 @@ def teacher_checkpoint(name: str, source: SourceConfig, upstream: dict[str, Stag
             f"sft: the teacher of source {name!r} cannot be loaded: {path} is not an HF checkpoint directory "
             "(no config.json there)"
         )
-    return str(path)
+    return ContestantConfig(kind="hf", model=str(path), backend=cfg.sft.backend)
+
+
+def teacher_label(spec: ContestantConfig) -> str:
+    """Who wrote a teacher's traces (the provenance table's ``model``)."""
+    if spec.kind == "openai":
+        return f"openai:{spec.model} at {spec.base_url}"
+    if spec.kind == "thinkflow":
+        return f"thinkflow:{spec.run or 'this pipeline'}/{spec.stage or 'rl'}"
+    return str(spec.model or spec.package)
+
+
+def _local_dirs(teachers: dict[str, ContestantConfig]) -> dict[str, str]:
+    """The teachers whose weights are a local directory (hashed into the stage's identity)."""
+    return {n: t.model for n, t in teachers.items() if t.kind == "hf" and t.model and Path(t.model).is_dir()}
 
 
 def weights_digest(checkpoint: str | Path) -> str:
@@ -125,14 +152,14 @@ def run_sft(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     sources = sc.active_sources
     if isinstance(task, EnvTask) and any(s.kind in SAMPLED for s in sources.values()):
         raise ConfigError(f"sft: task {task.name} is an environment task; its sources can only be kind=gold here")
-    teachers = {n: teacher_checkpoint(n, s, ctx.upstream) for n, s in sources.items() if s.kind == "teacher"}
+    teachers = {n: teacher_spec(cfg, n, s, ctx.upstream) for n, s in sources.items() if s.kind == "teacher"}
     train, test = training_problems(cfg, task, sc.n_problems, ctx)
-    section = sft_section(cfg, init, teachers)
+    section = sft_section(cfg, init, _local_dirs(teachers))
     work = stage_work_dir(cfg, "sft", section)
     tracker, run_id = ctx.tracker, ctx.run_id
     tracker.log_params(run_id, flatten(section | {"trainer": tc.model_dump(), "init_from": init}))
     tracker.log_params(
-        run_id, {"task.n_train": str(len(train)), **{f"sft.teacher.{n}": p for n, p in teachers.items()}}
+        run_id, {"task.n_train": str(len(train)), **{f"sft.teacher.{n}": teacher_label(t) for n, t in teachers.items()}}
     )
 
     _check_lengths(cfg, task, tokenizer, train + test, model.config.max_position_embeddings)
@@ -141,7 +168,7 @@ def run_sft(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     tracker.log_metrics(run_id, {"sft/val_acc": start["accuracy"], "val/loss": start["val_loss"]}, step=0)
     log.info("start: held-out greedy accuracy %.3f, val loss %.4f (%s)", start["accuracy"], start["val_loss"], init)
 
-    fixed = _fixed_candidates(cfg, task, train, test, teachers, work)
+    fixed = _fixed_candidates(cfg, ctx, task, train, test, teachers, work)
     problems = {p.id: p for p in train}
     t0, policy, rounds, everything = time.perf_counter(), init, [], list(fixed)
     for r in range(sc.rounds):
@@ -225,18 +252,26 @@ def _sampling(sc: SFTConfig, k: int, seed: int) -> SamplingParams:
     return SamplingParams(n=k, temperature=sc.temperature, top_p=sc.top_p, max_new_tokens=sc.max_new_tokens, seed=seed)
 
 
-def _sampled_labels(sources: dict[str, SourceConfig], teachers: dict[str, str], mine: list[Candidate]) -> dict:
+def _sampled_labels(
+    sources: dict[str, SourceConfig], teachers: dict[str, ContestantConfig], mine: list[Candidate]
+) -> dict:
     """The sampled sources of a round and what they sample from (for error messages)."""
     policy = next((c.model for c in mine), "the policy")
     return {
-        n: f"teacher {teachers[n]}" if s.kind == "teacher" else f"self, {policy}"
+        n: f"teacher {teacher_label(teachers[n])}" if s.kind == "teacher" else f"self, {policy}"
         for n, s in sources.items()
         if s.kind in SAMPLED
     }
 
 
 def _fixed_candidates(
-    cfg: PipelineConfig, task: Task, train: list[Problem], test: list[Problem], teachers: dict[str, str], work: Path
+    cfg: PipelineConfig,
+    ctx: StageContext,
+    task: Task,
+    train: list[Problem],
+    test: list[Problem],
+    teachers: dict[str, ContestantConfig],
+    work: Path,
 ) -> list[Candidate]:
     """Gold and teacher traces: collected, filtered and decontaminated once (kept in the work dir)."""
     path = work / "fixed.parquet"
@@ -248,26 +283,59 @@ def _fixed_candidates(
         if s.kind == "gold":
             out += gold_candidates(task, train, name)
         elif s.kind == "teacher":
-            log.info("sampling %d x %d traces from the teacher of %r (%s)", len(train), s.k, name, teachers[name])
-            try:
-                with open_engine(cfg.sft.backend, teachers[name]) as engine, phase("rollout"):
-                    out += sampled_candidates(
-                        engine,
-                        task,
-                        train,
-                        source=name,
-                        kind="teacher",
-                        model=teachers[name],
-                        round_=0,
-                        params=_sampling(cfg.sft, s.k, cfg.seed),
-                    )
-            except CheckpointError as err:
-                raise SFTDataError(f"sft: the teacher of source {name!r} cannot be loaded: {err}") from err
+            out += _teacher_candidates(cfg, ctx, task, train, name, s.k, teachers[name], work)
     select(out, {n: s.max_per_problem for n, s in sources.items()})
     if out:
         _decontaminate(cfg, task, out, test)
     write_parquet(frame(out), path)
     return out
+
+
+def _teacher_candidates(
+    cfg: PipelineConfig,
+    ctx: StageContext,
+    task: Task,
+    train: list[Problem],
+    name: str,
+    k: int,
+    spec: ContestantConfig,
+    work: Path,
+) -> list[Candidate]:
+    """``k`` samples of every training problem from a teacher of any contestant kind, in the form it takes
+    (``spec.prompt``), judged by the task. An API teacher buys through the client: its response cache (a rerun, or
+    a stage resumed after a kill, buys nothing twice) and its spend cap (what was bought before it is kept)."""
+    label = teacher_label(spec)
+    log.info("sampling %d x %d traces from the teacher of %r (%s)", len(train), k, name, label)
+    params = replace(_sampling(cfg.sft, k, cfg.seed), stop=stop_strings(spec.prompt))
+    client = None
+    try:
+        with open_contestant(name, spec, ctx.upstream, ctx.tracker, work, cfg.sft.api) as c, phase("rollout"):
+            client = c.client
+            # few-shot examples from the other training problems (never the problem's own solution)
+            prompts = [c.prompt(task, p, [q for q in train[: spec.fewshot + 1] if q.id != p.id]) for p in train]
+            try:
+                groups = c.engine.generate(prompts, params)
+            except SpendCapReached as stop:
+                groups = stop.results
+                bought = sum(len(g) for g in groups)
+                log.warning("teacher of %r: %s; keeping the %d traces bought before it", name, stop, bought)
+    except Skip as why:
+        raise SFTDataError(f"sft: the teacher of source {name!r} ({label}) cannot be used: {why}") from None
+    except (APIError, CheckpointError, GenerationError) as err:
+        got = f" ({client.usage.paid_calls} bought, {client.usage.cache_hits} cached)" if client is not None else ""
+        raise SFTDataError(
+            f"sft: the teacher of source {name!r} ({label}) failed before {len(train)} x {k} traces were in{got}: {err}"
+        ) from err
+    cost = None
+    if client is not None:  # what this run bought (a rerun's cache hits cost nothing again)
+        u = client.usage
+        usage = {"api_paid_calls": u.paid_calls, "api_cache_hits": u.cache_hits, "api_spent_usd": u.spent_usd}
+        ctx.tracker.log_metrics(ctx.run_id, {f"sft/{k}/{name}": float(v) for k, v in usage.items()})
+
+        def cost(sample: Sample) -> float:  # the trace's price at the endpoint's rates (cached or bought)
+            return client.endpoint.cost(sample.prompt_tokens, sample.gen_tokens)
+
+    return judged(task, train, groups, source=name, kind="teacher", model=label, round_=0, cost=cost)
 
 
 def _self_candidates(
@@ -479,7 +547,11 @@ def check_config(cfg: PipelineConfig) -> None:
     """What the sft section needs from the rest of the config."""
     if cfg.pretrain is None and not cfg.sft.init_from:
         raise ValueError("sft needs a starting checkpoint: enable pretrain or set sft.init_from")
-    uses_pretrain = [n for n, s in cfg.sft.active_sources.items() if s.teacher == "pretrain"]
+    uses_pretrain = [
+        n
+        for n, s in cfg.sft.active_sources.items()
+        if s.teacher == "pretrain" or (isinstance(s.teacher, ContestantConfig) and s.teacher.stage == "pretrain")
+    ]
     if uses_pretrain and cfg.pretrain is None:
         raise ValueError(f"sft.sources.{uses_pretrain[0]}.teacher=pretrain needs the pretrain stage")
     if cfg.trainer.world_size > 1:
