@@ -161,3 +161,12 @@ def test_preflight_checks_the_task_data(tmp_path, gsm8k_dir):
     (data / "test.jsonl").write_text("")
     with pytest.raises(TaskError, match=f"{data / 'test.jsonl'}: empty split"):
         preflight(compose(["task=gsm8k", f"task.source={data}"], root=tmp_path))
+
+
+def test_evaluating_beyond_the_held_out_problems_that_training_excludes_is_refused():
+    with pytest.raises(ConfigError, match=r"ttc.n_problems=300 evaluates more held-out problems than task.n_test=256"):
+        validate(compose(["ttc.n_problems=300"], tiny=False))
+    with pytest.raises(ConfigError, match=r"compare.n_problems=300 .* raise task.n_test to 300"):
+        validate(compose(["compare.n_problems=300"], tiny=False))
+    validate(compose(["ttc.n_problems=300", "task.n_test=300"], tiny=False))  # the held-out set itself grows
+    validate(compose(["~pretrain", "~rl", "~compare", "ttc.init_from=/ckpt", "ttc.n_problems=300"], tiny=False))

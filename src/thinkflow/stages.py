@@ -11,7 +11,7 @@ from pathlib import Path
 from thinkflow import logs
 from thinkflow.config import ConfigError, PipelineConfig
 from thinkflow.contamination import ContaminationError, check_training_problems
-from thinkflow.registry import StageResult
+from thinkflow.registry import StageResult, stage_specs
 from thinkflow.tasks import Problem, Task
 from thinkflow.tracking import Tracker, resolve_uri
 from thinkflow.tracking.model_registry import RegistryError, is_model_uri, resolve_model_uri
@@ -107,3 +107,14 @@ def check_context(tokenizer, problems: list[Problem], context: int | None, new_t
 
 def _text(problem: Problem) -> str:
     return problem.meta.get("question", problem.prompt)
+
+
+def check_held_out_size(cfg: PipelineConfig, key: str, n_problems: int | None) -> None:
+    """An evaluation of more held-out problems than ``task.n_test`` would reach problems the training stages did not
+    keep out of their training data (they exclude the first ``task.n_test`` held-out problems): refused."""
+    trains = [s.name for s in stage_specs() if s.trains and cfg.enabled(s.name)]
+    if n_problems and n_problems > cfg.task.n_test and trains:
+        raise ValueError(
+            f"{key}={n_problems} evaluates more held-out problems than task.n_test={cfg.task.n_test}, the ones "
+            f"{', '.join(trains)} keep out of training: raise task.n_test to {n_problems} instead"
+        )

@@ -38,7 +38,7 @@ from thinkflow.scaling.curves import curve_points, per_problem, problem_compute
 from thinkflow.scaling.estimators import bootstrap_ci
 from thinkflow.scaling.sequential import budget_points
 from thinkflow.scaling.table import sample_rows
-from thinkflow.stages import StageContext, config_key, local_source, stage_work_dir
+from thinkflow.stages import StageContext, check_held_out_size, config_key, local_source, stage_work_dir
 from thinkflow.tasks import Problem, Task
 from thinkflow.tasks.prompts import stop_strings
 from thinkflow.tracking import FLOW_RUN_TAG, STAGE_TAG
@@ -360,6 +360,10 @@ def _finish(
     )
 
 
+def check_config(cfg: PipelineConfig) -> None:
+    check_held_out_size(cfg, "compare.n_problems", cfg.compare.n_problems)
+
+
 STAGE = StageSpec(
     name="compare",
     run=run_compare,
@@ -367,4 +371,5 @@ STAGE = StageSpec(
     order=40,
     inputs=("task", "trainer", "seed"),  # trainer: the precision it samples in
     upstream=("pretrain", "sft", "rl"),
+    check=check_config,
 )

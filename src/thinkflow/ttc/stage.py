@@ -36,6 +36,7 @@ from thinkflow.scaling.table import sample_table
 from thinkflow.stages import (
     StageContext,
     check_context,
+    check_held_out_size,
     config_key,
     local_source,
     stage_work_dir,
@@ -70,6 +71,7 @@ def checkpoints_to_evaluate(cfg: PipelineConfig, upstream: dict[str, StageResult
 
 
 def check_config(cfg: PipelineConfig) -> None:
+    check_held_out_size(cfg, "ttc.n_problems", cfg.ttc.n_problems)
     if not cfg.ttc.init_from and not evaluated_stages(cfg):
         raise ValueError(
             f"ttc: none of ttc.checkpoints={cfg.ttc.checkpoints} runs in this pipeline; enable one of "
