@@ -249,6 +249,7 @@ class RLConfig(_Strict):
     actors: ActorsConfig
     objective: Literal["grpo", "dr_grpo", "dapo"]
     max_steps: int = Field(ge=1)  # RL steps (one batch of rollouts each)
+    n_problems: int | None = Field(ge=1)  # unique training problems (a pool sampled with repeats); null: enough
     prompts_per_step: int = Field(ge=1)  # per process
     group_size: int = Field(ge=2)  # G samples per prompt
     ppo_epochs: int = Field(ge=1)  # optimisation passes over each batch of rollouts

@@ -116,7 +116,7 @@ def run_rl(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     model.train()
     task = cfg.task.build(tokenizer)
     n_pool = rc.max_steps * rc.prompts_per_step * tc.world_size * (1 + rc.max_refill)
-    train, val = training_problems(cfg, task, min(n_pool, 50_000), ctx)
+    train, val = training_problems(cfg, task, rc.n_problems or min(n_pool, 50_000), ctx)
     check_context(
         tokenizer, train[:1000] + val, model.config.max_position_embeddings, rc.max_new_tokens, "rl.max_new_tokens"
     )
