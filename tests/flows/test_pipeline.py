@@ -212,26 +212,34 @@ def test_sweep_plot_labels_keep_what_the_jobs_vary():
 
 @pytest.mark.slow
 def test_pipeline_on_two_processes_with_zero3(tmp_path, prefect_server):
-    """trainer=cpu_zero3: the Prefect tasks launch pretrain and rl on 2 ranks (torchrun), rank 0 logs."""
+    """trainer=cpu_zero3: the Prefect tasks launch pretrain, sft and rl on 2 ranks (torchrun), rank 0 logs; sft's
+    traces are collected once (by rank 0) and both ranks train on them."""
     from flows.pipeline import pipeline
     from thinkflow.models import load_checkpoint
 
-    config = compose(["trainer=cpu_zero3", "trainer.progress_bar=false", *RL_SIGNAL], root=tmp_path)
+    sft = ["sft=default", "sft.sources.self=null", "sft.n_problems=32", "sft.max_steps=4", "sft.batch_size=4"]
+    sft += ["sft.warmup_steps=1", "sft.eval_every=4", "sft.ckpt_every=4", "sft.log_every=1"]
+    config = compose(["trainer=cpu_zero3", "trainer.progress_bar=false", *RL_SIGNAL, *sft], root=tmp_path)
     result = pipeline(config)
     client, runs = _runs(tmp_path)
     stages = {r.data.tags["stage"]: r for r in runs if "stage" in r.data.tags and "contestant" not in r.data.tags}
-    assert sorted(stages) == ["compare", "pretrain", "rl", "ttc"]
+    assert sorted(stages) == ["compare", "pretrain", "rl", "sft", "ttc"]
+    sft_run = stages["sft"]
+    assert sft_run.data.params["distributed.world_size"] == "2"
+    assert len(client.get_metric_history(sft_run.info.run_id, "sft/loss")) == 4  # every step, logged by rank 0
+    assert result["sft"].metrics["examples"] == 32  # the gold traces, collected once
+    assert result["sft"].profile["phases"]["train"]["calls"] == 2 * 4  # both ranks trained every step
     assert all(r.info.status == "FINISHED" for r in runs)
     rl = stages["rl"]
     assert rl.data.params["world_size"] == "2" and rl.data.params["deepspeed.stage"] == "3"
     # logged once per RL step (rank 0 only), and the evaluation covered every held-out problem across ranks
     assert [m.step for m in client.get_metric_history(rl.info.run_id, "rl/loss")] == [1, 2, 3, 4]
     assert result["rl"].metrics["n_val"] == config["task"]["n_test"]
-    for stage in ("pretrain", "rl"):  # whole (gathered) weights in the HF exports
+    for stage in ("pretrain", "sft", "rl"):  # whole (gathered) weights in the HF exports
         model, _ = load_checkpoint(result[stage].checkpoint)
         assert all(p.numel() > 0 for p in model.parameters())
     launch_logs = list((tmp_path / "mlruns" / "work" / "launch").glob("*/launch.log"))
-    assert len(launch_logs) == 2
+    assert len(launch_logs) == 3
     # the compute profile sums the ranks' ledgers: each rank books every training step
     train = result["pretrain"].profile["phases"]["train"]
     assert train["calls"] == 2 * config["pretrain"]["max_steps"] and train["flops"] > 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
+from thinkflow.distributed import all_sum
 from thinkflow.sft.data import model_inputs
 from thinkflow.tracking.lightning import TrackerLogger
 from thinkflow.training import SupervisedLM
@@ -36,7 +37,9 @@ class SFTModule(SupervisedLM):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        val_loss = sum(v * n for v, n in self._val_losses) / max(1, sum(n for _, n in self._val_losses))
+        # every rank scored its share of the held-out batches: the mean over all their target tokens
+        total, count = all_sum([sum(v * n for v, n in self._val_losses), sum(n for _, n in self._val_losses)])
+        val_loss = total / max(1.0, count)
         self._val_losses = []
         result = self.greedy_eval()
         self.log("val/loss", val_loss, prog_bar=True, rank_zero_only=True)

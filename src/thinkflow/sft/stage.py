@@ -19,11 +19,14 @@ checkpoints and its HF export there, so a killed stage neither resamples nor ret
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 import pytorch_lightning as pl
@@ -76,6 +79,7 @@ from thinkflow.tracking.model_registry import is_model_uri
 from thinkflow.training import build_trainer, export_hf, set_gradient_checkpointing
 
 log = logs.get("sft")
+T = TypeVar("T")
 
 
 def starting_checkpoint(cfg: PipelineConfig, upstream: dict[str, StageResult]) -> str:
@@ -134,10 +138,15 @@ def weights_digest(checkpoint: str | Path) -> str:
 def sft_section(cfg: PipelineConfig, init: str, teachers: dict[str, str]) -> dict:
     """What identifies an SFT result: its config, task, seed and the weights it starts from and distils."""
     weights = {"init": init} | teachers
+    tc = cfg.trainer
+    distributed = {"world_size": tc.world_size, "strategy": tc.strategy} | (
+        {"deepspeed": tc.deepspeed.model_dump()} if tc.deepspeed else {}
+    )  # data parallel: sft.batch_size is per process, so the world size changes the result
     return {
         "sft": cfg.sft.model_dump(),
         "task": cfg.task.model_dump(),
         "seed": cfg.seed,
+        **({"distributed": distributed} if tc.world_size > 1 else {}),
         "weights": config_key({k: f"{Path(p).resolve()}:{weights_digest(p)}" for k, p in weights.items()}),
     }
 
@@ -164,16 +173,21 @@ def run_sft(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
 
     _check_lengths(cfg, task, tokenizer, train + test, model.config.max_position_embeddings)
     val_examples = encode(tokenizer, [p.prompt for p in test], [task.completion_segments(p) for p in test])
-    start = _start_eval(model, tokenizer, task, test, val_examples, sc, work)
+    start = rank_zero_first(
+        work / "start.json", lambda: _start_eval(model, tokenizer, task, test, val_examples, sc, work)
+    )
     tracker.log_metrics(run_id, {"sft/val_acc": start["accuracy"], "val/loss": start["val_loss"]}, step=0)
     log.info("start: held-out greedy accuracy %.3f, val loss %.4f (%s)", start["accuracy"], start["val_loss"], init)
 
-    fixed = _fixed_candidates(cfg, ctx, task, train, test, teachers, work)
+    fixed = rank_zero_first(
+        work / "fixed.parquet", lambda: _fixed_candidates(cfg, ctx, task, train, test, teachers, work)
+    )
     problems = {p.id: p for p in train}
     t0, policy, rounds, everything = time.perf_counter(), init, [], list(fixed)
     for r in range(sc.rounds):
         rdir = work / f"round_{r}"
-        mine = _self_candidates(cfg, task, train, test, policy, r, rdir)
+        make = functools.partial(_self_candidates, cfg, task, train, test, policy, r, rdir)
+        mine = rank_zero_first(rdir / "self.parquet", make)  # sampled once, by rank 0
         everything += mine
         candidates = fixed + mine
         require_examples(candidates, _sampled_labels(sources, teachers, mine), r)
@@ -191,7 +205,10 @@ def run_sft(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
         evaluation = _train_round(cfg, ctx, task, model, tokenizer, kept, problems, test, val_examples, rdir, r)
         export_hf(model, tokenizer, hf_export_dir(rdir), {"stage": "sft", "round": r, "init_from": policy})
         info = {"round": r, "examples": len(kept), **{k: evaluation[k] for k in ("accuracy", "val_loss", "step")}}
-        write_json(done, info)
+        if is_rank_zero():
+            write_json(done, info)
+        else:  # the next round's policy is rank 0's export, written before its done.json
+            wait_for(done)
         rounds.append(info)
         policy = str(hf_export_dir(rdir))
         log.info(
@@ -206,6 +223,21 @@ def run_sft(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     hf_dir = hf_export_dir(work)
     export_hf(model, tokenizer, hf_dir, {"stage": "sft", "rounds": sc.rounds, "init_from": init})
     return _finish(cfg, ctx, everything, start, rounds, work, hf_dir, wall, n_params(model))
+
+
+def rank_zero_first(path: Path, make: Callable[[], T]) -> T:
+    """What is sampled, bought or evaluated once: rank 0 makes it and writes ``path``; the other ranks of a
+    multi-process stage wait for that file, then ``make`` reads it (every maker returns its file's content when
+    the file exists)."""
+    if not is_rank_zero():
+        wait_for(path)
+    return make()
+
+
+def wait_for(path: Path, poll_s: float = 0.5) -> None:
+    """Until rank 0 has written ``path`` (if rank 0 fails, the launcher stops this rank)."""
+    while not path.exists():
+        time.sleep(poll_s)
 
 
 def _check_lengths(cfg: PipelineConfig, task: Task, tokenizer, problems: list[Problem], limit: int) -> None:
@@ -554,8 +586,6 @@ def check_config(cfg: PipelineConfig) -> None:
     ]
     if uses_pretrain and cfg.pretrain is None:
         raise ValueError(f"sft.sources.{uses_pretrain[0]}.teacher=pretrain needs the pretrain stage")
-    if cfg.trainer.world_size > 1:
-        raise ValueError("sft runs on one process for now; set trainer.devices=1 and trainer.num_nodes=1")
 
 
 STAGE = StageSpec(
