@@ -80,7 +80,7 @@ def open_contestant(
         yield _api_contestant(name, spec, api, work)
         return
     if spec.kind == "thinkflow":
-        path = _thinkflow_checkpoint(spec, upstream, tracker, work)
+        path = thinkflow_checkpoint(spec, upstream, tracker, work)
         with open_engine(spec.backend, path, autocast=autocast) as engine:
             yield _local(name, spec, engine, path, info={"checkpoint": str(path)})
         return
@@ -205,7 +205,9 @@ def _config(where: str):
     return AutoConfig.from_pretrained(where)
 
 
-def _thinkflow_checkpoint(spec: ContestantConfig, upstream: dict, tracker: Tracker, work: Path) -> Path:
+def thinkflow_checkpoint(spec: ContestantConfig, upstream: dict, tracker: Tracker, work: Path) -> Path:
+    """The HF checkpoint of a ``kind: thinkflow`` contestant: this pipeline's stage result, or an earlier run's
+    (downloaded once into ``work/runs/<run id>``)."""
     if spec.stage and not spec.run:
         path = upstream_checkpoint(upstream, spec.stage)
         if not path:

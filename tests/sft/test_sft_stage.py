@@ -133,6 +133,30 @@ def test_a_teacher_that_cannot_be_loaded_fails_with_the_reason(tmp_path):
         run_stage("sft", config, start_pipeline_run(config, None), {}, None)
 
 
+def test_an_earlier_runs_checkpoint_teaches_by_run_filter(pretrained, tmp_path):
+    """A ``kind: thinkflow`` teacher (the distill preset's): the pretrain checkpoint of the latest finished run that
+    matches an MLflow filter, downloaded from its artifacts; its verified traces train a random student."""
+    from thinkflow.runner import end_pipeline_run
+
+    steps = ["pretrain.max_steps=2", "pretrain.warmup_steps=1", "pretrain.eval_every=2", "pretrain.ckpt_every=2"]
+    teacher_cfg = compose([*TASK, *steps, "pretrain.init_from=" + pretrained], root=tmp_path)
+    teacher_cfg |= {"rl": None, "ttc": None, "compare": None}
+    parent = start_pipeline_run(teacher_cfg, None)
+    done = {"pretrain": run_stage("pretrain", teacher_cfg, parent, {}, None)}
+    end_pipeline_run(teacher_cfg, parent, done, "FINISHED")
+    model_cfg = validate(compose([*TASK], root=tmp_path)).model.model_dump()
+    init = save_hf(*build_model_and_tokenizer(model_cfg, seed=4), tmp_path / "init")
+    teacher = "{kind: thinkflow, run: latest, stage: pretrain, run_filter: \"params.`pretrain.max_steps` = '2'\"}"
+    source = f"+sft.sources.distill={{kind: teacher, weight: 1.0, k: 2, max_per_problem: 1, teacher: {teacher}}}"
+    config = sft_config(tmp_path, str(init), [NO_GOLD, "sft.sources.self=null", source])
+    result = run_stage("sft", config, start_pipeline_run(config, None), {}, None)
+    table = pd.read_parquet(Path(result.checkpoint).parent / "provenance" / "provenance.parquet")
+    assert set(table.model) == {
+        str(tmp_path / "mlruns" / "work" / "sft" / "runs" / done["pretrain"].run_id / "checkpoint")
+    }
+    assert (table.status == "kept").sum() == result.metrics["examples"] > 0
+
+
 def test_rl_starts_from_sft_and_sft_needs_a_start(tmp_path):
     cfg = validate(compose(["sft=default"], root=tmp_path))
     assert cfg.sft is not None and cfg.rl is not None  # pretrain -> sft -> rl

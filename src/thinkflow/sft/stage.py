@@ -38,7 +38,7 @@ from thinkflow.api import APIError, SpendCapReached
 from thinkflow.checkpoints import hf_export_dir, training_dirs
 from thinkflow.config import ConfigError, ContestantConfig, PipelineConfig
 from thinkflow.contamination import ContaminationError
-from thinkflow.contestants import Skip, open_contestant
+from thinkflow.contestants import Skip, open_contestant, thinkflow_checkpoint
 from thinkflow.distributed import is_rank_zero
 from thinkflow.envs import EnvTask
 from thinkflow.evaluation import greedy_accuracy
@@ -91,14 +91,21 @@ def starting_checkpoint(cfg: PipelineConfig, upstream: dict[str, StageResult]) -
     return str(init)
 
 
-def teacher_spec(cfg: PipelineConfig, name: str, source: SourceConfig, upstream: dict[str, StageResult]):
+def teacher_spec(cfg: PipelineConfig, ctx: StageContext, name: str, source: SourceConfig) -> ContestantConfig:
     """What a teacher source samples from, as a compare contestant (``thinkflow.contestants``): a checkpoint
-    directory, ``models:/...`` or ``pretrain`` is a local ``hf`` model; a contestant spec is used as declared. A
-    local checkpoint that cannot be loaded fails before any work."""
-    t = source.teacher
+    directory, ``models:/...``, ``pretrain`` or a ``kind: thinkflow`` run is a local ``hf`` model (its weights then
+    count in the result's identity: a newer run is a new result); other contestants are used as declared. A local
+    checkpoint that cannot be loaded fails before any work."""
+    t, upstream = source.teacher, ctx.upstream
     if isinstance(t, ContestantConfig):
         if t.kind == "hf" and is_model_uri(t.model):
             return t.model_copy(update={"model": str(local_source(cfg, t.model))})
+        if t.kind == "thinkflow":
+            try:
+                path = thinkflow_checkpoint(t, upstream, ctx.tracker, Path(cfg.paths.work_dir) / "sft")
+            except (Skip, CheckpointError) as err:
+                raise SFTDataError(f"sft: the teacher of source {name!r} cannot be loaded: {err}") from None
+            return ContestantConfig(kind="hf", model=str(path), backend=cfg.sft.backend, prompt=t.prompt)
         return t
     path = upstream_checkpoint(upstream, "pretrain") if t == "pretrain" else local_source(cfg, t)
     if not path:
@@ -161,7 +168,7 @@ def run_sft(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     sources = sc.active_sources
     if isinstance(task, EnvTask) and any(s.kind in SAMPLED for s in sources.values()):
         raise ConfigError(f"sft: task {task.name} is an environment task; its sources can only be kind=gold here")
-    teachers = {n: teacher_spec(cfg, n, s, ctx.upstream) for n, s in sources.items() if s.kind == "teacher"}
+    teachers = {n: teacher_spec(cfg, ctx, n, s) for n, s in sources.items() if s.kind == "teacher"}
     train, test = training_problems(cfg, task, sc.n_problems, ctx)
     section = sft_section(cfg, init, _local_dirs(teachers))
     work = stage_work_dir(cfg, "sft", section)
@@ -582,7 +589,8 @@ def check_config(cfg: PipelineConfig) -> None:
     uses_pretrain = [
         n
         for n, s in cfg.sft.active_sources.items()
-        if s.teacher == "pretrain" or (isinstance(s.teacher, ContestantConfig) and s.teacher.stage == "pretrain")
+        if s.teacher == "pretrain"
+        or (isinstance(s.teacher, ContestantConfig) and s.teacher.stage == "pretrain" and not s.teacher.run)
     ]
     if uses_pretrain and cfg.pretrain is None:
         raise ValueError(f"sft.sources.{uses_pretrain[0]}.teacher=pretrain needs the pretrain stage")
