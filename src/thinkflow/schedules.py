@@ -102,6 +102,11 @@ def nightly_plan(overrides: list[str], config_name: str, seed: int) -> Plan:
 def watch_plan(overrides: list[str], config_name: str, day: dt.date, alias: str = "champion") -> Plan:
     """The day's watch: only ``compare``, over the champion and the config's API contestants, on the day's draw."""
     cfg = _planned(overrides, config_name)
+    if not cfg.enabled("compare"):
+        raise ConfigError(
+            "watch: this config turns the compare stage off (compare: null, e.g. from an experiment preset), and the "
+            "watch is the compare stage: serve the watch with a config that keeps compare"
+        )
     name = lineage_name(cfg)
     champion = alias_version(_client(cfg), name, alias)
     if champion is None:
@@ -109,15 +114,14 @@ def watch_plan(overrides: list[str], config_name: str, day: dt.date, alias: str 
             f"watch: {name} has no version holding {alias!r} in {resolve_uri(cfg.tracking.uri, cfg.paths.root)}; "
             "the nightly deployment makes the first champion"
         )
-    api = [n for n, c in (cfg.compare.entrants if cfg.enabled("compare") else {}).items() if c.kind == "openai"]
-    others = [n for n in (cfg.compare.entrants if cfg.enabled("compare") else {}) if n not in api]
+    api = [n for n, c in cfg.compare.entrants.items() if c.kind == "openai"]
+    others = [n for n in cfg.compare.entrants if n not in api]
     if alias in api:
         raise ConfigError(f"watch: an API contestant is named {alias!r}, the name the champion's series takes")
     stages = [f"~{s}" for s in stage_names() if s != "compare" and cfg.enabled(s)]
     cache = Path(cfg.paths.work_dir).resolve() / "watch" / day.isoformat() / "api_cache.sqlite"
     plan = [
         *overrides,
-        *(["compare=default"] if not cfg.enabled("compare") else []),
         *stages,
         *(f"~compare.contestants.{n}" for n in others),
         f"+compare.contestants.{alias}={{kind: hf, model: '{MODELS_PREFIX}{name}@{alias}'}}",

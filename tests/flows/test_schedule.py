@@ -184,3 +184,16 @@ def test_prefect_yaml_declares_the_nightly_and_watch_deployments():
         mod = importlib.util.module_from_spec(loaded)
         loaded.loader.exec_module(mod)
         assert getattr(mod, entry).name == flow
+
+
+def test_the_watch_refuses_a_config_without_compare_or_without_a_champion(tmp_path):
+    import datetime as dt
+
+    from thinkflow.config import ConfigError
+    from thinkflow.schedules import watch_plan
+
+    day = dt.date(2026, 11, 30)
+    with pytest.raises(ConfigError, match="turns the compare stage off"):
+        watch_plan(["experiment=expert_iteration", f"paths.root={tmp_path}"], "pipeline", day)
+    with pytest.raises(ConfigError, match=f"{NAME} has no version holding 'champion'.*the nightly deployment makes"):
+        watch_plan(["experiment=tiny", f"paths.root={tmp_path}"], "pipeline", day)
