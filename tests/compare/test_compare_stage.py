@@ -52,6 +52,9 @@ def _config(tmp_path: Path, gsm8k_dir: Path, contestants: dict, overrides: list[
             "compare.ks=[1,2,4]",
             "compare.api.backoff_base_s=0.05",
             "compare.api.backoff_max_s=0.5",
+            # the fault plan is cycled over all requests (2 faults in 7): with 6 retries, 1 call in ~2,000 that
+            # starts on a fault can land on faults 7 times running under concurrency; 12 make that negligible
+            "compare.api.max_retries=12",
             "compare.api.requests_per_minute=null",
             *overrides,
         ],
